@@ -1,0 +1,188 @@
+"""argv -> composed DictConfig: CompVis flags (-t, -b, -r, -n, ...) become Hydra overrides, the rest stays Hydra's."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_GROUPS = ("experiment", "data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths")
+
+
+class CLIError(Exception):
+    """A bad command line: the message names the bad value and what would be valid."""
+
+
+def experiments() -> list[str]:
+    """Names of the runnable recipes in ``configs/experiment/``."""
+    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def str2bool(value: str) -> bool:
+    """CompVis-style boolean flag values: yes/true/t/y/1 and no/false/f/n/0."""
+    lowered = str(value).lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CompVis flags with their names, defaults and meaning; unknown words are Hydra overrides."""
+    epilog = (
+        "Everything else is a Hydra override: experiment=NAME, model.optimizer.lr=3e-4, trainer.max_epochs=3, "
+        "data.batch_size=64, +trainer.profiler=simple, optimizer=sgd.\n\nexperiments:\n  "
+        + "\n  ".join(experiments())
+    )
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Train and test pixelforge models (CompVis-style flags + Hydra overrides).",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-t", "--train", action="store_true", help="train (without it a run only tests)")
+    parser.add_argument("--no-test", action="store_true", help="do not test after training")
+    parser.add_argument("-b", "--base", nargs="*", metavar="base_config.yaml", default=[],
+                        help="YAML files merged left to right over the composed config")
+    parser.add_argument("-r", "--resume", metavar="LOGDIR_OR_CKPT",
+                        help="resume a run directory (or a checkpoint inside one) in place")
+    parser.add_argument("-n", "--name", help="run name (default: the experiment's name)")
+    parser.add_argument("-f", "--postfix", help="appended to the run directory's name")
+    parser.add_argument("-l", "--logdir", help="directory for run directories (default: logs)")
+    parser.add_argument("-s", "--seed", type=int, help="global seed (default: 23)")
+    parser.add_argument("-d", "--debug", nargs="?", const=True, type=str2bool,
+                        help="post-mortem debugger on error; runs go under <logdir>/debug_runs/")
+    parser.add_argument("--scale_lr", nargs="?", const=True, type=str2bool,
+                        help="lr = accumulate * devices * nodes * batch_size * base lr (default: true)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Split argv into CompVis flags and Hydra overrides; flags that look like options but are unknown fail."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(list(argv))
+    unknown = [word for word in rest if word.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (Hydra overrides look like key=value)")
+    bad = [word for word in rest if "=" not in word and not word.startswith("~")]
+    if bad:
+        parser.error(f"{' '.join(bad)}: overrides must look like key=value (e.g. trainer.max_epochs=3)")
+    if args.resume and args.name:
+        parser.error("-n/--name cannot be combined with -r/--resume: a resumed run keeps its directory and name")
+    return args, rest
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The run-key overrides the CompVis flags stand for (``-t`` -> ``train=true`` ...)."""
+    overrides = []
+    if args.train:
+        overrides.append("train=true")
+    if args.no_test:
+        overrides.append("test=false")
+    for key in ("name", "postfix", "logdir", "seed", "debug", "scale_lr"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return overrides
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str], allow_groups: bool) -> None:
+    """Apply ``key=value``/``+key=value``/``~key`` to a composed or saved config; unknown keys fail.
+
+    Group choices (``data=shapes``) were applied by composition; when ``allow_groups`` is False they are
+    an error (a resumed run cannot swap its dataset or model).
+    """
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key.split("@")[0] in CONFIG_GROUPS and not isinstance(override.value(), dict):
+            if allow_groups:
+                continue
+            raise CLIError(f"cannot change config group {key!r} of a resumed run; override single keys instead "
+                           f"(e.g. {key}.some_key=value)")
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if node is None or leaf not in node:
+                raise CLIError(f"cannot delete {key!r}: no such key in the config")
+            with open_dict(node):
+                del node[leaf]
+            continue
+        if not override.is_add() and not override.is_force_add() and OmegaConf.select(cfg, key,
+                                                                                       default="<missing>") == "<missing>":
+            raise CLIError(f"unknown config key {key!r}; use +{key}=... to add a new key, or "
+                           "--print-config to see the valid ones")
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
+
+
+def find_resume(path: str) -> tuple[Path, Path]:
+    """``-r`` target -> (run directory, checkpoint); accepts a run directory or a ``.ckpt`` inside one."""
+    target = Path(path)
+    if not target.exists():
+        raise CLIError(f"cannot resume {path!r}: no such run directory or checkpoint")
+    if target.is_file():
+        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        ckpt = target
+    else:
+        run_dir, ckpt = target, target / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise CLIError(f"cannot resume {path!r}: {ckpt} does not exist (the run saved no checkpoint yet)")
+    if not (run_dir / "configs" / "config.yaml").is_file():
+        raise CLIError(f"cannot resume {path!r}: {run_dir / 'configs' / 'config.yaml'} is missing; "
+                       "-r expects a run directory made by main.py")
+    return run_dir.resolve(), ckpt.resolve()
+
+
+def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictConfig:
+    """The run's config: a saved one for ``-r``, otherwise defaults + experiment + ``-b`` files + overrides."""
+    overrides = [*flag_overrides(args), *overrides]
+    if args.resume:
+        run_dir, ckpt = find_resume(args.resume)
+        cfg = OmegaConf.load(run_dir / "configs" / "config.yaml")
+        OmegaConf.set_struct(cfg, True)
+        apply_overrides(cfg, overrides, allow_groups=False)
+        with open_dict(cfg):
+            cfg.resume, cfg.run_dir, cfg.ckpt_path = str(run_dir), str(run_dir), str(ckpt)
+        return cfg
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if cfg.name is None:
+            cfg.name = choices.get("experiment") or "run"
+    if args.base:
+        for base in args.base:
+            if not Path(base).is_file():
+                raise CLIError(f"-b/--base: no such file {base!r}")
+        with open_dict(cfg):
+            cfg.merge_with(*[OmegaConf.load(base) for base in args.base])
+        apply_overrides(cfg, overrides, allow_groups=True)
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``main.py``: parse, compose, then train and/or test through :func:`pixelforge.run.run`."""
+    args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = compose_config(args, overrides)
+        if args.print_config:
+            print(OmegaConf.to_yaml(cfg, resolve=True))
+            return 0
+    except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
+        print(f"main.py: error: {error}", file=sys.stderr)
+        return 2
+    from pixelforge.run import run
+
+    run(cfg)
+    return 0

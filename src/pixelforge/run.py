@@ -1,0 +1,142 @@
+"""DictConfig -> run directory, seed, instantiated data/model/trainer, then fit and/or test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pdb
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pixelforge.callbacks.checkpointing import AtomicCheckpointIO
+from pixelforge.utils.printing import print_banner
+
+RUN_DIR_ENV = "PIXELFORGE_RUN_DIR"
+
+
+def is_child_process() -> bool:
+    """True in the processes Lightning's DDP launcher starts for ranks > 0 (they re-run main.py)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 and RUN_DIR_ENV in os.environ
+
+
+def make_run_dir(cfg: DictConfig) -> Path:
+    """``<logdir>/[debug_runs/]<YYYY-MM-DDTHH-MM-SS>_<name><postfix>``, made once and never shared.
+
+    A second run started in the same second gets a ``-1``, ``-2`` ... suffix. The directory is published in
+    an environment variable that Lightning's DDP launcher passes to the other ranks, which reuse it.
+    """
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    if is_child_process():
+        return Path(os.environ[RUN_DIR_ENV])
+    root = Path(cfg.logdir) / "debug_runs" if cfg.debug else Path(cfg.logdir)
+    stem = f"{datetime.now():%Y-%m-%dT%H-%M-%S}_{cfg.name}{cfg.postfix or ''}"
+    for attempt in itertools.count():
+        run_dir = root / (stem if attempt == 0 else f"{stem}-{attempt}")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            break
+        except FileExistsError:
+            continue
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    return run_dir.resolve()
+
+
+@rank_zero_only
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    """The resolved config as ``configs/config.yaml`` (what ``-r`` restores) plus a timestamped copy."""
+    configs = run_dir / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    (configs / f"{datetime.now():%Y-%m-%dT%H-%M-%S}-config.yaml").write_text(text)
+    tmp = configs / ".config.yaml.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, configs / "config.yaml")
+
+
+def learning_rate(model_cfg: DictConfig, scale_lr: bool, trainer: L.Trainer, batch_size: int) -> float:
+    """The optimizer's lr: an explicit ``model.optimizer.lr``, else the base lr, scaled as in CompVis."""
+    base = model_cfg.base_learning_rate
+    if model_cfg.optimizer.get("lr") is not None:
+        lr = model_cfg.optimizer.lr
+        rank_zero_info(f"Using model.optimizer.lr = {lr:.2e} as given (base_learning_rate and --scale_lr ignored)")
+    elif scale_lr:
+        accumulate, devices, nodes = trainer.accumulate_grad_batches, trainer.num_devices, trainer.num_nodes
+        lr = accumulate * devices * nodes * batch_size * base
+        rank_zero_info(f"Setting learning rate to {lr:.2e} = {accumulate} (accumulate_grad_batches) * {devices} "
+                       f"(devices) * {nodes} (num_nodes) * {batch_size} (batch_size) * {base:.2e} (base_lr)")
+    else:
+        lr = base
+        rank_zero_info(f"++++ NOT USING LR SCALING ++++\nSetting learning rate to {lr:.2e}")
+    return float(lr)
+
+
+def build_model(cfg: DictConfig, trainer: L.Trainer) -> L.LightningModule:
+    """Instantiate ``cfg.model``, turning ``base_learning_rate`` into the optimizer's lr."""
+    model_cfg = cfg.model.copy()
+    with open_dict(model_cfg):
+        if "base_learning_rate" in model_cfg:
+            model_cfg.optimizer.lr = learning_rate(model_cfg, cfg.scale_lr, trainer, cfg.data.batch_size)
+            del model_cfg["base_learning_rate"]
+    return instantiate(model_cfg, _convert_="all")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    """The Trainer with the configured callbacks and loggers (null entries dropped) and atomic checkpoints."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                       plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
+
+
+def test_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """Which weights to test: the given checkpoint, else the best one of this fit, else the current ones."""
+    if not cfg.train:
+        return cfg.ckpt_path
+    best = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback,
+                                                                     ModelCheckpoint) else ""
+    return best or None
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train and/or test as ``cfg`` says; returns the test metrics (empty when not testing)."""
+    if not cfg.train and not cfg.ckpt_path:
+        raise ValueError("nothing to do: pass -t to train, or test a checkpoint with -r RUN_DIR or ckpt_path=PATH")
+    if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r} does not exist")
+    run_dir = make_run_dir(cfg)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    save_config(cfg, run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    try:
+        datamodule = instantiate(cfg.data)
+        trainer = build_trainer(cfg, run_dir)
+        model = build_model(cfg, trainer)
+        if trainer.is_global_zero:
+            print_banner(cfg, run_dir, trainer, model)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if cfg.train:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path if cfg.resume else None,
+                        weights_only=False)
+        if cfg.test and not trainer.interrupted:
+            results = trainer.test(model, datamodule=datamodule, ckpt_path=test_checkpoint(cfg, trainer),
+                                   weights_only=False)
+            return results[0] if results else {}
+        return {}
+    except Exception:
+        if cfg.debug and sys.stdin.isatty():
+            pdb.post_mortem(sys.exc_info()[2])
+        raise
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
