@@ -17,6 +17,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_GROUPS = ("experiment", "data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths")
 
 
+MISSING_KEY = object()
+
+
 class CLIError(Exception):
     """A bad command line: the message names the bad value and what would be valid."""
 
@@ -117,8 +120,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], allow_groups: boo
             with open_dict(node):
                 del node[leaf]
             continue
-        if not override.is_add() and not override.is_force_add() and OmegaConf.select(cfg, key,
-                                                                                       default="<missing>") == "<missing>":
+        adding = override.is_add() or override.is_force_add()
+        if not adding and OmegaConf.select(cfg, key, default=MISSING_KEY) is MISSING_KEY:
             raise CLIError(f"unknown config key {key!r}; use +{key}=... to add a new key, or "
                            "--print-config to see the valid ones")
         with open_dict(cfg):
