@@ -13,6 +13,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from pixelforge.run import check_runnable, run
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_GROUPS = ("experiment", "data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths")
 
@@ -74,6 +76,9 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split argv into CompVis flags and Hydra overrides; flags that look like options but are unknown fail."""
     parser = build_parser()
     args, rest = parser.parse_known_args(list(argv))
+    # "-b a.yaml key=value": nargs="*" swallows the override; words with "=" are overrides, not files.
+    rest = [word for word in args.base if "=" in word] + rest
+    args.base = [word for word in args.base if "=" not in word]
     unknown = [word for word in rest if word.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (Hydra overrides look like key=value)")
@@ -152,6 +157,7 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
     if args.resume:
         run_dir, ckpt = find_resume(args.resume)
         cfg = OmegaConf.load(run_dir / "configs" / "config.yaml")
+        cfg.train, cfg.test = False, True  # per invocation, as in CompVis: -t trains on, no -t only tests
         OmegaConf.set_struct(cfg, True)
         apply_overrides(cfg, overrides, allow_groups=False)
         with open_dict(cfg):
@@ -182,10 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(OmegaConf.to_yaml(cfg, resolve=True))
             return 0
+        check_runnable(cfg)
     except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
-    from pixelforge.run import run
-
     run(cfg)
     return 0

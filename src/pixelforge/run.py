@@ -106,12 +106,17 @@ def test_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     return best or None
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train and/or test as ``cfg`` says; returns the test metrics (empty when not testing)."""
+def check_runnable(cfg: DictConfig) -> None:
+    """Fail before anything is written when the run has nothing to do or its checkpoint is missing."""
     if not cfg.train and not cfg.ckpt_path:
         raise ValueError("nothing to do: pass -t to train, or test a checkpoint with -r RUN_DIR or ckpt_path=PATH")
     if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r} does not exist")
+        raise ValueError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train and/or test as ``cfg`` says; returns the test metrics (empty when not testing)."""
+    check_runnable(cfg)
     run_dir = make_run_dir(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)

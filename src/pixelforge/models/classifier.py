@@ -78,7 +78,8 @@ class ImageClassifier(L.LightningModule):
             accuracies.append((logits[key].argmax(1) == batch[key]).float().mean())
         if len(self.targets) > 1:
             log[f"{split}/acc"] = torch.stack(accuracies).mean()
-        self.log_dict(log, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        self.log_dict(log, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
+                      sync_dist=not on_step)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,166 @@
+"""main.py's command line: CompVis flags, Hydra overrides, -b merging, clear errors, run directories, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from pixelforge.cli import compose_config, experiments, flag_overrides, main, parse
+from pixelforge.run import make_run_dir, run
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["experiment=classifier_cnn_digits", "callbacks.progress_bar=null", "callbacks.model_summary=null",
+        "trainer.num_sanity_val_steps=0", "trainer.deterministic=true", "trainer.accelerator=cpu",
+        "trainer.devices=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "callbacks.image_logger.every_n_steps=2"]
+
+
+def config(argv: list[str]):
+    return compose_config(*parse(argv))
+
+
+def run_dirs(logdir: Path) -> list[Path]:
+    return sorted(p for p in logdir.iterdir() if p.is_dir())
+
+
+def test_flags_translate_to_run_keys() -> None:
+    args, overrides = parse(["-t", "--no-test", "-n", "mine", "-f", "_v2", "-l", "out", "-s", "0",
+                             "--scale_lr", "false", "trainer.max_epochs=3"])
+    assert overrides == ["trainer.max_epochs=3"]
+    assert flag_overrides(args) == ["train=true", "test=false", "name=mine", "postfix=_v2", "logdir=out",
+                                    "seed=0", "scale_lr=false"]
+    cfg = compose_config(args, overrides)
+    assert (cfg.train, cfg.test, cfg.name, cfg.postfix, cfg.seed, cfg.scale_lr) == (True, False, "mine", "_v2", 0,
+                                                                                     False)
+    assert cfg.trainer.max_epochs == 3
+
+
+def test_defaults_and_experiment_name() -> None:
+    cfg = config([])
+    assert cfg.seed == 23 and cfg.logdir == "logs" and cfg.scale_lr and not cfg.train
+    assert cfg.name == "classifier_cnn_mnist5k"
+    assert cfg.model.backbone._target_.endswith("SmallCNN") and cfg.data.dataset._target_.endswith("MNIST5k")
+    assert config(["experiment=classifier_vit_mnist5k"]).name == "classifier_vit_mnist5k"
+
+
+def test_overrides_reach_nested_keys_and_groups() -> None:
+    cfg = config(["model.optimizer.lr=3e-4", "data.batch_size=64", "+trainer.profiler=simple", "optimizer=sgd"])
+    assert cfg.model.optimizer.lr == 3e-4 and cfg.data.batch_size == 64 and cfg.trainer.profiler == "simple"
+    assert cfg.model.optimizer._target_ == "torch.optim.SGD"
+
+
+def test_base_configs_merge_left_to_right_under_command_line(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("data: {batch_size: 7}\ntrainer: {max_epochs: 5}\nextra: {note: first}\n")
+    second.write_text("trainer: {max_epochs: 9}\nextra: {note: second}\n")
+    cfg = config(["-b", str(first), str(second), "data.batch_size=11"])
+    assert cfg.trainer.max_epochs == 9 and cfg.extra.note == "second"
+    assert cfg.data.batch_size == 11  # the command line wins over -b files
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["model.optimizer.lrr=3"], "model.optimizer.lrr"),
+    (["experiment=nope"], "experiment/nope"),
+    (["data=imagenet"], "data/imagenet"),
+    (["trainer.max_epochs=[oops"], "[oops"),
+    (["optimizer=adamm"], "optimizer/adamm"),
+    (["-b", "missing.yaml"], "missing.yaml"),
+    (["-r", "no/such/run"], "no/such/run"),
+    ([], "nothing to do"),
+])
+def test_bad_command_lines_fail_with_a_message_naming_the_value(argv, needle, capsys) -> None:
+    assert main(argv) != 0
+    assert needle in capsys.readouterr().err
+
+
+def test_unknown_flags_and_name_with_resume_are_rejected(capsys) -> None:
+    for argv in (["--bogus"], ["-r", "x", "-n", "y"], ["train"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse(argv)
+        assert exit_info.value.code == 2
+    assert "cannot be combined" in capsys.readouterr().err
+
+
+def test_print_config_prints_resolved_yaml(capsys) -> None:
+    assert main(["--print-config", "experiment=classifier_cnn_shapes", "-s", "5"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["seed"] == 5 and printed["data"]["seed"] == 5
+    assert printed["model"]["targets"] == {"shape": 3, "color": 7, "size": 2, "position": 5}
+
+
+def test_help_lists_flags_and_experiments() -> None:
+    out = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    for word in ("--train", "--base", "--resume", "--logdir", "--scale_lr", *experiments()):
+        assert word in out
+
+
+def test_run_directories_are_unique_and_seed_zero_is_kept(tmp_path: Path) -> None:
+    cfg = config(["-l", str(tmp_path), "-n", "same", "-s", "0"])
+    assert cfg.seed == 0
+    dirs = {make_run_dir(cfg) for _ in range(3)}
+    assert len(dirs) == 3 and all(d.name.split("_", 1)[1].startswith("same") for d in dirs)
+    debug = config(["-l", str(tmp_path), "-d"])
+    assert make_run_dir(debug).parent == (tmp_path / "debug_runs").resolve()
+
+
+def test_train_writes_the_compvis_run_layout(tmp_path: Path) -> None:
+    metrics = run(config(["-t", "-l", str(tmp_path), "-f", "_x", *TINY, "trainer.max_epochs=1"]))
+    (run_dir,) = run_dirs(tmp_path)
+    assert run_dir.name.endswith("_classifier_cnn_digits_x")
+    saved = OmegaConf.load(run_dir / "configs" / "config.yaml")
+    assert saved.run_dir == str(run_dir) and saved.train
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents*"))
+    assert list((run_dir / "images" / "train").glob("predictions_gs-000001_*.png"))
+    assert list((run_dir / "images" / "val").glob("predictions_*.png"))
+    assert {"test/acc", "test/loss"} <= set(metrics)
+    assert not (REPO / "outputs").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_scale_lr_multiplies_base_learning_rate(tmp_path: Path, caplog) -> None:
+    argv = ["-t", "--no-test", "-l", str(tmp_path), *TINY, "trainer.max_steps=1", "data.batch_size=16",
+            "trainer.accumulate_grad_batches=2", "model.base_learning_rate=1e-4"]
+    run(config(argv))
+    assert "Setting learning rate to 3.20e-03 = 2 (accumulate_grad_batches) * 1 (devices)" in caplog.text
+    caplog.clear()
+    run(config([*argv, "--scale_lr", "false"]))
+    assert "Setting learning rate to 1.00e-04" in caplog.text
+
+
+def last_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], int, int]:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return ckpt["state_dict"], ckpt["global_step"], ckpt["epoch"]
+
+
+def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run(config(["-t", "--no-test", "-l", str(straight), *TINY, "trainer.max_epochs=4"]))
+    run(config(["-t", "--no-test", "-l", str(split), *TINY, "trainer.max_epochs=2"]))
+    (first,) = run_dirs(split)
+    half, half_step, _ = last_weights(first)
+    assert half_step == 8
+    assert main(["-t", "--no-test", "-r", str(first), "trainer.max_epochs=4"]) == 0
+    assert run_dirs(split) == [first]  # continued in place
+    (whole,) = run_dirs(straight)
+    expected, step, epoch = last_weights(whole)
+    resumed, resumed_step, resumed_epoch = last_weights(first)
+    assert (resumed_step, resumed_epoch) == (step, epoch) == (16, 3)
+    assert any(not torch.equal(half[k], resumed[k]) for k in half)
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_rejects_group_swaps_and_tests_without_train(tmp_path: Path, capsys) -> None:
+    run(config(["-t", "--no-test", "-l", str(tmp_path), *TINY, "trainer.max_steps=2"]))
+    (run_dir,) = run_dirs(tmp_path)
+    assert main(["-r", str(run_dir), "data=shapes"]) == 2
+    assert "cannot change config group 'data'" in capsys.readouterr().err
+    metrics = run(config(["-r", str(run_dir / "checkpoints" / "last.ckpt")]))  # no -t: test only
+    assert "test/acc" in metrics and run_dirs(tmp_path) == [run_dir]
