@@ -43,9 +43,20 @@ def no_md5(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def cifar_root(tmp_path: Path, no_md5: None) -> Path:
+    write_cifar10(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def celeba_root(tmp_path: Path, no_md5: None) -> Path:
+    write_celeba(tmp_path)
+    return tmp_path
+
+
+def write_cifar10(root: Path) -> None:
     """Fake CIFAR-10 batches: two training images per class over five batches, one test image per class."""
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), 2)
     for b in range(5):
@@ -57,13 +68,11 @@ def cifar_root(tmp_path: Path, no_md5: None) -> Path:
     meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                             "truck"]}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))
-    return tmp_path
 
 
-@pytest.fixture
-def celeba_root(tmp_path: Path, no_md5: None) -> Path:
+def write_celeba(root: Path) -> None:
     """Fake CelebA: eight 12x10 JPGs with the five list files in the official formats."""
-    folder = tmp_path / "celeba"
+    folder = root / "celeba"
     (folder / "img_align_celeba").mkdir(parents=True)
     names = [f"{i + 1:06d}.jpg" for i in range(len(CELEBA_PARTITION))]
     rng = np.random.default_rng(0)
@@ -83,4 +92,14 @@ def celeba_root(tmp_path: Path, no_md5: None) -> Path:
                       for xy in "xy")
     marks = [str(len(names)), header] + [f"{n} " + " ".join(["5"] * 10) for n in names]
     (folder / "list_landmarks_align_celeba.txt").write_text("\n".join(marks) + "\n")
-    return tmp_path
+
+
+def write_fake_dataset(name: str, root: Path) -> None:
+    """A tiny stand-in for torchvision dataset ``name`` under ``root`` (call with the ``no_md5`` fixture active)."""
+    writers = {
+        "mnist": lambda: write_mnist(root, "MNIST"),
+        "fashion_mnist": lambda: write_mnist(root, "FashionMNIST"),
+        "cifar10": lambda: write_cifar10(root),
+        "celeba": lambda: write_celeba(root),
+    }
+    writers[name]()
