@@ -132,10 +132,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if cfg.train:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path if cfg.resume else None,
-                        weights_only=False)
+                        weights_only=True)
         if cfg.test and not trainer.interrupted:
             results = trainer.test(model, datamodule=datamodule, ckpt_path=test_checkpoint(cfg, trainer),
-                                   weights_only=False)
+                                   weights_only=True)
             return results[0] if results else {}
         return {}
     except Exception:
