@@ -164,3 +164,13 @@ def test_resume_rejects_group_swaps_and_tests_without_train(tmp_path: Path, caps
     assert "cannot change config group 'data'" in capsys.readouterr().err
     metrics = run(config(["-r", str(run_dir / "checkpoints" / "last.ckpt")]))  # no -t: test only
     assert "test/acc" in metrics and run_dirs(tmp_path) == [run_dir]
+
+
+def test_multirun_sweeps_into_one_parent_folder(tmp_path: Path) -> None:
+    argv = ["-m", "-t", "--no-test", "-l", str(tmp_path), *TINY, "trainer.max_steps=1", "data.batch_size=8,16"]
+    assert main(argv) == 0
+    (parent,) = (tmp_path / "multirun").iterdir()
+    runs = run_dirs(parent)
+    assert len(runs) == 2 and list(tmp_path.iterdir()) == [tmp_path / "multirun"]
+    sizes = sorted(OmegaConf.load(r / "configs" / "config.yaml").data.batch_size for r in runs)
+    assert sizes == [8, 16]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -68,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="post-mortem debugger on error; runs go under <logdir>/debug_runs/")
     parser.add_argument("--scale_lr", nargs="?", const=True, type=str2bool,
                         help="lr = accumulate * devices * nodes * batch_size * base lr (default: true)")
+    parser.add_argument("-m", "--multirun", action="store_true",
+                        help="sweep overrides like key=a,b or key=range(1,4): one run per combination, in turn, "
+                             "under <logdir>/multirun/<now>/")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
@@ -133,6 +140,18 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], allow_groups: boo
             OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
 
 
+def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
+    """Hydra sweep syntax (``a=1,2 b=range(3)``) -> the override lists of every combination, in order."""
+    axes = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            axes.append([override.input_line])
+    return [list(combination) for combination in itertools.product(*axes)]
+
+
 def find_resume(path: str) -> tuple[Path, Path]:
     """``-r`` target -> (run directory, checkpoint); accepts a run directory or a ``.ckpt`` inside one."""
     target = Path(path)
@@ -183,6 +202,25 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``main.py``: parse, compose, then train and/or test through :func:`pixelforge.run.run`."""
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    if not args.multirun:
+        return run_one(args, overrides)
+    try:
+        combinations = expand_sweeps(overrides)
+    except HydraException as error:
+        print(f"main.py: error: {error}", file=sys.stderr)
+        return 2
+    parent = Path(args.logdir or "logs") / "multirun" / f"{datetime.now():%Y-%m-%dT%H-%M-%S}"
+    args.logdir = str(parent)
+    for i, combination in enumerate(combinations):
+        print(f"[multirun {i + 1}/{len(combinations)}] {' '.join(combination)}", file=sys.stderr)
+        code = run_one(args, combination)
+        if code:
+            return code
+    return 0
+
+
+def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """Compose one config and run it; configuration errors become a message and exit code 2."""
     try:
         cfg = compose_config(args, overrides)
         if args.print_config:
@@ -192,5 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
-    run(cfg)
+    try:
+        run(cfg)
+    except SIGTERMException:  # Lightning stops the loop with exit code 0; a scheduler must see the signal
+        print(f"main.py: stopped by SIGTERM; continue with: python main.py -t -r {cfg.run_dir}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0
