@@ -48,11 +48,13 @@ def caption_images(
     if scale > 1:
         images = F.interpolate(images, scale_factor=scale, mode="nearest")
     font = ImageFont.load_default()
+    height, width = images.shape[-2:]
+    width = max(width, *(int(font.getlength(text)) + 4 for text in texts))  # every caption fits, one size
     out = []
     for i, (image, text) in enumerate(zip(images, texts, strict=True)):
-        canvas = Image.new("RGB", (image.shape[-1], image.shape[-2] + 12))
-        canvas.paste(Image.fromarray(image.permute(1, 2, 0).numpy()), (0, 0))
+        canvas = Image.new("RGB", (width, height + 12))
+        canvas.paste(Image.fromarray(image.permute(1, 2, 0).numpy()), ((width - image.shape[-1]) // 2, 0))
         fill = colors[i] if colors is not None else (255, 255, 255)
-        ImageDraw.Draw(canvas).text((2, image.shape[-2]), text, fill=fill, font=font)
+        ImageDraw.Draw(canvas).text((2, height), text, fill=fill, font=font)
         out.append(torch.from_numpy(np.array(canvas)).permute(2, 0, 1))
     return torch.stack(out).float() / 127.5 - 1
