@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from pixelforge.run import check_runnable, run
+from pixelforge.run import check_runnable, find_checkpoint, run
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_GROUPS = ("experiment", "data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths")
@@ -154,20 +154,15 @@ def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
 
 def find_resume(path: str) -> tuple[Path, Path]:
     """``-r`` target -> (run directory, checkpoint); accepts a run directory or a ``.ckpt`` inside one."""
-    target = Path(path)
-    if not target.exists():
+    if not Path(path).exists():
         raise CLIError(f"cannot resume {path!r}: no such run directory or checkpoint")
-    if target.is_file():
-        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
-        ckpt = target
-    else:
-        run_dir, ckpt = target, target / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise CLIError(f"cannot resume {path!r}: {ckpt} does not exist (the run saved no checkpoint yet)")
-    if not (run_dir / "configs" / "config.yaml").is_file():
-        raise CLIError(f"cannot resume {path!r}: {run_dir / 'configs' / 'config.yaml'} is missing; "
-                       "-r expects a run directory made by main.py")
-    return run_dir.resolve(), ckpt.resolve()
+    try:
+        ckpt, config = find_checkpoint(path)
+    except FileNotFoundError as error:
+        raise CLIError(f"cannot resume {path!r}: {error}") from None
+    if not config.is_file():
+        raise CLIError(f"cannot resume {path!r}: {config} is missing; -r expects a run directory made by main.py")
+    return config.parent.parent.resolve(), ckpt.resolve()
 
 
 def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictConfig:

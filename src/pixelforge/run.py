@@ -89,6 +89,44 @@ def build_model(cfg: DictConfig, trainer: L.Trainer) -> L.LightningModule:
     return instantiate(model_cfg, _convert_="all")
 
 
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """A run directory or a checkpoint inside one -> (checkpoint, the run's saved config)."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        run_dir = path
+    else:
+        ckpt = path
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}; pass a run directory (with checkpoints/last.ckpt) "
+                                "or a .ckpt file")
+    return ckpt, run_dir / "configs" / "config.yaml"
+
+
+def load_run(path: str | Path, config: str | Path | None = None,
+             map_location: str | torch.device = "cpu") -> tuple[DictConfig, L.LightningModule]:
+    """Rebuild a trained model from its run: the saved (or given) config instantiates it, the checkpoint fills it.
+
+    Scripts and metrics load models only through here, so no script re-implements a model.
+    """
+    ckpt_path, saved_config = find_checkpoint(path)
+    config = Path(config) if config else saved_config
+    if not config.is_file():
+        raise FileNotFoundError(f"no config at {config}; pass --config with the run's configs/config.yaml")
+    cfg = OmegaConf.load(config)
+    model_cfg = cfg.model.copy()
+    with open_dict(model_cfg):
+        model_cfg.pop("base_learning_rate", None)
+    model = instantiate(model_cfg, _convert_="all")
+    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt_path} does not fit the model of {config}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return cfg, model.eval()
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     """The Trainer with the configured callbacks and loggers (null entries dropped) and atomic checkpoints."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

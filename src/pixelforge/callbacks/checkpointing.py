@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +27,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
         try:
-            torch.save(checkpoint, tmp)
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())  # on disk before the rename, so even a power cut leaves a whole file
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
 
 
 class SaveOnInterrupt(L.Callback):
-    """Saves ``last.ckpt`` when training stops early: Ctrl-C, SIGTERM or an exception (then the error goes on),
-    and on SIGUSR1 (a cluster's pre-emption notice), after which training continues."""
+    """Saves ``last.ckpt`` when training stops early and on a cluster's pre-emption notice.
+
+    - Ctrl-C inside a training batch lets the batch finish, saves, then stops (a second Ctrl-C stops at once);
+      elsewhere it stops at once and the exception path saves.
+    - SIGTERM (Lightning stops at the end of the batch) and any exception save, then the error goes on.
+    - SIGUSR1 saves at the end of the batch and training continues; a handler installed before (e.g.
+      Lightning's SLURM auto-requeue) still runs.
+    """
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt") -> None:
         super().__init__()
         self.path = Path(dirpath) / filename
         self.training = False
-        self.usr1_received = False
-        self.previous_handler: Any = None
+        self.in_batch = False
+        self.pending: str | None = None
+        self.previous: dict[int, Any] = {}
 
     def save(self, trainer: L.Trainer, reason: str) -> None:
         """Write the full training state without collectives, so it works when other ranks are gone."""
@@ -53,23 +66,48 @@ class SaveOnInterrupt(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.training = True
-        if hasattr(signal, "SIGUSR1"):
-            self.previous_handler = signal.signal(signal.SIGUSR1, self.on_usr1)
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for signum in (signal.SIGINT, getattr(signal, "SIGUSR1", None)):
+            if signum is not None:
+                self.previous[signum] = signal.signal(signum, self.on_signal)
 
-    def on_usr1(self, signum: int, frame: Any) -> None:
-        self.usr1_received = True
+    def on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self.pending == "Ctrl-C" or not self.in_batch:
+                raise KeyboardInterrupt
+            rank_zero_info("Ctrl-C: saving last.ckpt after this batch (press again to stop at once)")
+            self.pending = "Ctrl-C"
+            return
+        self.pending = self.pending or "SIGUSR1"
+        previous = self.previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        self.in_batch = True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if self.usr1_received:
-            self.usr1_received = False
-            self.save(trainer, "SIGUSR1")
+        self.in_batch = False
+        reason, self.pending = self.pending, None
+        if reason is None:
+            return
+        self.save(trainer, reason)
+        if reason == "Ctrl-C":
+            self.training = False  # saved already: the exception path must not save again
+            raise KeyboardInterrupt
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.training = False
-        if self.previous_handler is not None:
-            signal.signal(signal.SIGUSR1, self.previous_handler)
+        self.restore_handlers()
+
+    def restore_handlers(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.restore_handlers()
         # Before on_train_start a resumed run has not restored its weights yet: saving would clobber last.ckpt.
         if not self.training:
             return

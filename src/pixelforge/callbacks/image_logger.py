@@ -14,7 +14,8 @@ from pixelforge.utils.images import grid, save_png
 
 class ImageLogger(L.Callback):
     """Logs images at training steps 1, 2, 4, ... up to ``every_n_steps`` (as CompVis), then every
-    ``every_n_steps``; and on the first batch of every validation run. Images are ``B,C,H,W`` in [-1, 1].
+    ``every_n_steps``; and on the first batch of every validation run. Images are ``B,C,H,W`` in [-1, 1];
+    keys ending in ``_row`` (a diffusion or denoising progression) are laid out as one row.
     """
 
     def __init__(self, save_dir: str, every_n_steps: int = 500, max_images: int = 16,
@@ -48,7 +49,8 @@ class ImageLogger(L.Callback):
         module.train(was_training)
         step, epoch = trainer.global_step, trainer.current_epoch
         for key, value in images.items():
-            image = grid(value[: self.max_images])
+            value = value[: self.max_images]
+            image = grid(value, nrow=len(value) if key.endswith("_row") else None)  # rows stay one row
             name = f"{key}_gs-{step:06d}_e-{epoch:03d}_b-{batch_idx:06d}.png"
             save_png(image, self.save_dir / split / name)
             for logger in trainer.loggers:

@@ -1,4 +1,4 @@
-"""Multi-head self-attention over ``scaled_dot_product_attention`` and the pre-norm transformer block."""
+"""Multi-head self- and cross-attention over ``scaled_dot_product_attention`` and transformer blocks built on them."""
 
 from __future__ import annotations
 
@@ -8,13 +8,33 @@ from einops import rearrange
 from torch import nn
 
 
+def _check_heads(dim: int, heads: int) -> None:
+    """Reject a width that the heads cannot split evenly, naming both values."""
+    if dim % heads:
+        raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    mask: torch.Tensor | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Multi-head SDPA of queries (B,N,D) over keys/values (B,M,D); ``mask`` (B,M bool, True = keep) hides keys."""
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+    attn_mask = None if mask is None else rearrange(mask, "b m -> b 1 1 m")
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+    return rearrange(out, "b h n d -> b n (h d)")
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Self-attention with a fused qkv projection, shared by ViTs, text encoders and diffusion U-Nets."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        _check_heads(dim, heads)
         self.heads = heads
         self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
@@ -22,12 +42,26 @@ class MultiHeadSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over tokens ``x`` (B,N,D); ``mask`` (B,N bool, True = keep) hides padded keys."""
-        q, k, v = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.heads)
-        attn_mask = None if mask is None else rearrange(mask, "b n -> b 1 1 n")
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.proj(attend(q, k, v, self.heads, mask, self.dropout if self.training else 0.0))
+
+
+class MultiHeadCrossAttention(nn.Module):
+    """Queries from tokens ``x`` attend to a conditioning sequence (e.g. text embeddings) of another width."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        _check_heads(dim, heads)
+        self.heads = heads
+        self.dropout = dropout
+        self.q = nn.Linear(dim, dim, bias=bias)
+        self.kv = nn.Linear(context_dim, 2 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend from ``x`` (B,N,D) to ``context`` (B,M,context_dim); ``mask`` (B,M bool, True = keep)."""
+        k, v = self.kv(context).chunk(2, dim=-1)
+        return self.proj(attend(self.q(x), k, v, self.heads, mask, self.dropout if self.training else 0.0))
 
 
 class TransformerBlock(nn.Module):
@@ -54,3 +88,37 @@ class TransformerBlock(nn.Module):
         """Apply attention then MLP, each as a residual branch; ``mask`` as in MultiHeadSelfAttention."""
         x = x + self.drop(self.attn(self.norm1(x), mask))
         return x + self.mlp(self.norm2(x))
+
+
+class GEGLU(nn.Module):
+    """Gated-GELU projection a·GELU(gate) (Shazeer 2020), the feed-forward input of latent-diffusion transformers."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project to twice the hidden width and gate one half by GELU of the other."""
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return a * F.gelu(gate)
+
+
+class CrossTransformerBlock(nn.Module):
+    """Pre-norm block of self-attention, cross-attention to a context and a GEGLU feed-forward, each residual."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.self_attn = MultiHeadSelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.cross_attn = MultiHeadCrossAttention(dim, context_dim, heads)
+        self.drop = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(GEGLU(dim, hidden), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Update tokens ``x`` (B,N,D) from themselves, then from ``context`` (B,M,C) with its padding mask."""
+        x = x + self.drop(self.self_attn(self.norm1(x)))
+        x = x + self.drop(self.cross_attn(self.norm2(x), context, context_mask))
+        return x + self.mlp(self.norm3(x))

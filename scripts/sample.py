@@ -1,0 +1,129 @@
+"""Sample a trained generative run: individual PNGs plus a grid.
+
+    python scripts/sample.py --ckpt logs/<run> --n_samples 64 --sampler dpmpp --steps 20 --scale 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pixelforge.diffusion.samplers import SAMPLERS
+from pixelforge.run import load_run
+from pixelforge.utils.images import grid, save_png, to_uint8
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="a run directory or a checkpoint inside one")
+    parser.add_argument("--config", help="config to build the model from (default: the run's configs/config.yaml)")
+    parser.add_argument("--n_samples", type=int, default=16, help="images to generate (per class with all classes)")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp", help="diffusion sampler")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps (diffusion)")
+    parser.add_argument("--eta", type=float, default=None, help="DDIM eta (0: deterministic)")
+    parser.add_argument("--scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    parser.add_argument("--class_label", default=None,
+                        help="class to generate (int), or key=value,... for several label keys; "
+                             "omitted for a conditional model: one row per class")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--outdir", default="outputs/samples")
+    parser.add_argument("--precision", choices=["full", "autocast"], default="full")
+    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
+                        help="sample with the EMA weights (--no-use_ema: the live weights)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    return parser.parse_args(argv)
+
+
+def best_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def requested_labels(model, class_label: str | None, n: int, seed: int) -> tuple[torch.Tensor | None, int]:
+    """Label rows to generate and the grid's row length: a given class, every class in rows, or none."""
+    keys = list(getattr(model, "cond_keys", []))
+    if not keys:
+        if class_label is not None:
+            raise SystemExit(f"--class_label {class_label}: this model is unconditional")
+        return None, 0
+    counts = model.unet.num_classes
+    if class_label is None:
+        if len(keys) == 1:
+            return torch.arange(counts[0]).repeat_interleave(n), n
+        generator = torch.Generator().manual_seed(seed)
+        return torch.stack([torch.randint(c, (n,), generator=generator) for c in counts], 1), 0
+    values = {}
+    if len(keys) == 1 and "=" not in class_label:
+        values[keys[0]] = class_label
+    else:
+        for part in class_label.split(","):
+            key, _, value = part.partition("=")
+            if key not in keys:
+                raise SystemExit(f"--class_label: unknown key {key!r}; this model is conditioned on {keys}")
+            values[key] = value
+    missing = [k for k in keys if k not in values]
+    if missing:
+        raise SystemExit(f"--class_label: give a value for each of {keys} (missing {missing})")
+    row = []
+    for key, count in zip(keys, counts, strict=True):
+        if not values[key].isdigit() or int(values[key]) >= count:
+            raise SystemExit(f"--class_label: {key}={values[key]!r} is not a class index in 0..{count - 1}")
+        row.append(int(values[key]))
+    labels = torch.tensor(row).expand(n, -1)
+    return (labels[:, 0] if len(keys) == 1 else labels), 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, model = load_run(args.ckpt, args.config)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
+    if not hasattr(model, "sample"):
+        print(f"sample.py: error: {args.ckpt} holds a {type(model).__name__}, which cannot generate images",
+              file=sys.stderr)
+        return 2
+    device = torch.device(args.device) if args.device else best_device()
+    model = model.to(device)
+    labels, row = requested_labels(model, args.class_label, args.n_samples, args.seed)
+    total = len(labels) if labels is not None else args.n_samples
+    generator = torch.Generator(device).manual_seed(args.seed)
+    sample_kwargs = {"sampler": args.sampler, "steps": args.steps, "scale": args.scale, "use_ema": args.use_ema}
+    if args.eta is not None:
+        sample_kwargs["eta"] = args.eta
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    autocast = torch.autocast(device.type, dtype=dtype) if args.precision == "autocast" else contextlib.nullcontext()
+    images = []
+    with autocast, tqdm(total=total, desc="sampling", unit="img") as bar:
+        for start in range(0, total, args.batch_size):
+            count = min(args.batch_size, total - start)
+            chunk = labels[start:start + count].to(device) if labels is not None else None
+            images.append(model.sample(count, labels=chunk, generator=generator, **sample_kwargs).float().cpu())
+            bar.update(count)
+    images = torch.cat(images)
+    outdir = Path(args.outdir)
+    (outdir / "samples").mkdir(parents=True, exist_ok=True)
+    first = len(list((outdir / "samples").glob("*.png")))
+    for i, image in enumerate(to_uint8(images)):
+        save_png(image, outdir / "samples" / f"{first + i:05d}.png")
+    save_png(grid(images, nrow=row or None), outdir / f"grid-{first:05d}.png")
+    record = {"ckpt": str(args.ckpt), "seed": args.seed, "n": total, **sample_kwargs,
+              "labels": labels.tolist() if labels is not None else None}
+    (outdir / f"samples-{first:05d}.json").write_text(json.dumps(record, indent=2))
+    print(f"wrote {total} images to {outdir / 'samples'} and the grid {outdir / f'grid-{first:05d}.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Sampler base: validates its settings, picks the timesteps and runs the denoising loop over a denoiser."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pixelforge.diffusion.schedule import NoiseSchedule, check_prediction_type, eps_from_prediction, x0_from_prediction
+
+
+class Denoiser(Protocol):
+    """``model(x_t, t, cond)``: the network's prediction (of the sampler's prediction_type) at long timesteps t (B,)."""
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Any) -> Tensor: ...
+
+
+StepCallback = Callable[[int, Tensor, Tensor], None]
+
+
+class Sampler(ABC):
+    """Reverse-process loop shared by all samplers; a subclass implements one update in ``step``.
+
+    Timesteps are evenly spaced and "trailing" (Lin et al. 2023): they start at T - 1, so the first model call sees
+    the noise level the initial noise has, and they end at T/steps - 1, after which ``step`` lands on clean data
+    (alpha_bar = 1). The initial noise is the caller's (fixed noise -> reproducible samples); stochastic samplers
+    draw their extra noise from ``generator``, which must live on the noise's device (None: torch's global RNG).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None) -> None:
+        check_prediction_type(prediction_type)
+        num_timesteps = schedule.num_timesteps
+        steps = num_timesteps if steps is None else steps
+        if not 1 <= steps <= num_timesteps:
+            raise ValueError(f"steps={steps} must be between 1 and the schedule's num_timesteps={num_timesteps}")
+        if prediction_type == "eps" and bool(schedule.alphas_cumprod[-1] == 0):
+            raise ValueError("prediction_type='eps' cannot be sampled on a zero-terminal-SNR schedule: x0 is "
+                             "undefined from eps where alpha_bar = 0; train with 'v' or 'x0' instead")
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.steps = steps
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if key != "schedule")
+        return f"{type(self).__name__}({settings})"
+
+    def timesteps(self) -> Tensor:
+        """The discrete timesteps visited, descending from T - 1: T - 1 - floor(i·T / steps) for i < steps."""
+        num_timesteps = self.schedule.num_timesteps
+        return num_timesteps - 1 - torch.arange(self.steps) * num_timesteps // self.steps
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Denoiser,
+        noise: Tensor,
+        cond: Any = None,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Denoise ``noise`` (x_T) to x_0; ``callback(i, x_t, x0_pred)`` sees each step's input and its x0 estimate."""
+        timesteps = self.timesteps().to(noise.device)
+        # alpha_bar at each visited step, then 1 for the clean data the last step lands on
+        alphas_cumprod = self.schedule.alphas_cumprod.to(noise.device)
+        abar = torch.cat([alphas_cumprod[timesteps], alphas_cumprod.new_ones(1)])
+        x, prev_x0 = noise, None
+        for i in tqdm(range(self.steps), desc=type(self).__name__, disable=not progress, leave=False):
+            alpha, sigma = abar[i].sqrt(), (1 - abar[i]).sqrt()
+            pred = model(x, timesteps[i].expand(len(x)), cond)
+            x0 = x0_from_prediction(pred, x, alpha, sigma, self.prediction_type)
+            eps = eps_from_prediction(pred, x, alpha, sigma, self.prediction_type)
+            if callback is not None:
+                callback(i, x, x0)
+            x = self.step(i, x, x0, eps, abar, prev_x0, generator)
+            prev_x0 = x0
+        return x
+
+    @abstractmethod
+    def step(
+        self, i: int, x: Tensor, x0: Tensor, eps: Tensor, abar: Tensor, prev_x0: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """x at step i + 1 (alpha_bar abar[i + 1]) from x at step i, its x0 / eps estimates and step i - 1's x0."""
+
+    def add_noise(self, i: int, x: Tensor, std: Tensor, generator: torch.Generator | None) -> Tensor:
+        """x + std·z with z ~ N(0, I) from ``generator``; the last step lands on clean data and draws none."""
+        if i == self.steps - 1:
+            return x
+        return x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

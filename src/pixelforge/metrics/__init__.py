@@ -1,0 +1,1 @@
+"""Offline quality metrics: FID/KID on in-project classifier features, conditional accuracy."""

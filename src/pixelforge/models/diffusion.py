@@ -1,0 +1,196 @@
+"""DDPM: trains a denoiser on any schedule/target/loss, keeps EMA weights, samples with any sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from pixelforge.diffusion.losses import diffusion_loss, offset_noise, timestep_buckets
+from pixelforge.diffusion.samplers import ClassifierFreeGuidance, build_sampler
+from pixelforge.diffusion.schedule import NoiseSchedule
+from pixelforge.modules.ema import EMA
+from pixelforge.optim import configure_optimizer
+
+
+class DDPM(L.LightningModule):
+    """Denoising diffusion on images in [-1, 1]; the U-Net predicts ``prediction_type`` (eps, x0 or v).
+
+    ``cond_key`` names the batch key(s) of class labels (``"label"``, or the shapes' attributes); labels are
+    replaced by the U-Net's null label with probability ``cond_drop_prob`` during training, so
+    classifier-free guidance works at sampling time. Validation and sampling use the EMA weights.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        schedule: NoiseSchedule,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable | None = None,
+        image_size: int = 32,
+        channels: int = 1,
+        prediction_type: str = "eps",
+        loss_type: str = "l2",
+        min_snr_gamma: float | None = None,
+        offset_noise_strength: float = 0.0,
+        cond_key: str | Sequence[str] | None = None,
+        cond_drop_prob: float = 0.1,
+        ema: Mapping[str, Any] | None = None,
+        log_sampler: Mapping[str, Any] | None = None,
+        log_guidance_scale: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "scheduler"])
+        self.unet = unet
+        self.schedule = schedule
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.image_size = image_size
+        self.channels = channels
+        self.prediction_type = prediction_type
+        self.loss_type = loss_type
+        self.min_snr_gamma = min_snr_gamma
+        self.offset_noise_strength = offset_noise_strength
+        self.cond_keys = [cond_key] if isinstance(cond_key, str) else list(cond_key or [])
+        if self.cond_keys and getattr(unet, "num_classes", None) is None:
+            raise ValueError(f"cond_key={cond_key!r} needs a class-conditional U-Net (set unet.num_classes)")
+        self.cond_drop_prob = cond_drop_prob
+        self.ema = EMA(unet, **ema) if ema is not None else None
+        self.log_sampler = dict(log_sampler or {"name": "ddim", "steps": 25})
+        self.log_guidance_scale = log_guidance_scale
+
+    # ---- conditioning -------------------------------------------------------------------------------------
+    def labels(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """The batch's class labels as the U-Net takes them: ``B`` for one key, ``B,K`` for several, else None."""
+        if not self.cond_keys:
+            return None
+        if len(self.cond_keys) == 1:
+            return batch[self.cond_keys[0]]
+        return torch.stack([batch[key] for key in self.cond_keys], dim=1)
+
+    def null_labels(self, n: int) -> torch.Tensor | None:
+        """The unconditional label(s) for ``n`` samples, or None for an unconditional model."""
+        return self.unet.null_labels(n).to(self.device) if self.cond_keys else None
+
+    def drop_labels(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """Replace each sample's labels by the null label with probability ``cond_drop_prob``."""
+        if y is None or self.cond_drop_prob <= 0:
+            return y
+        drop = torch.rand(len(y), device=y.device) < self.cond_drop_prob
+        null = self.null_labels(len(y))
+        return torch.where(drop.view(-1, *([1] * (y.dim() - 1))), null, y)
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def loss(self, batch: Mapping[str, Any], net: nn.Module, drop: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample diffusion loss at random timesteps, and those timesteps."""
+        x0 = batch["image"]
+        t = torch.randint(0, self.schedule.num_timesteps, (len(x0),), device=x0.device)
+        if self.offset_noise_strength > 0:
+            noise = offset_noise(x0.shape, self.offset_noise_strength, device=x0.device).to(x0.dtype)
+        else:
+            noise = torch.randn_like(x0)
+        y = self.labels(batch)
+        y = self.drop_labels(y) if drop else y
+        pred = net(self.schedule.q_sample(x0, t, noise), t, y=y)
+        target = self.schedule.target(x0, noise, t, self.prediction_type)
+        loss = diffusion_loss(pred, target, t, self.schedule, self.loss_type, self.min_snr_gamma,
+                              self.prediction_type)
+        return loss, t
+
+    def log_loss(self, loss: torch.Tensor, t: torch.Tensor, split: str) -> None:
+        """Mean loss, and the loss per quartile of t so a user sees where the model struggles."""
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss.mean(), prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=not on_step)
+        buckets = timestep_buckets(t, self.schedule.num_timesteps, 4)
+        for b in range(4):
+            mask = buckets == b
+            if mask.any():
+                self.log(f"{split}/loss_q{b + 1}", loss[mask].mean(), on_step=False, on_epoch=True,
+                         batch_size=int(mask.sum()), sync_dist=not on_step)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, t = self.loss(batch, self.unet, drop=True)
+        self.log_loss(loss, t, "train")
+        return loss.mean()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.unet)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        loss, t = self.loss(batch, self.ema.module if self.ema is not None else self.unet, drop=False)
+        self.log_loss(loss, t, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        loss, t = self.loss(batch, self.ema.module if self.ema is not None else self.unet, drop=False)
+        self.log_loss(loss, t, "test")
+
+    def configure_optimizers(self) -> dict:
+        return configure_optimizer(self.unet.parameters(), self.optimizer, self.scheduler,
+                                   self.trainer.estimated_stepping_batches)
+
+    # ---- sampling -----------------------------------------------------------------------------------------
+    def denoiser(self, use_ema: bool = True) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
+        """``(x_t, t, labels) -> prediction`` over the EMA (default) or the live weights."""
+        net = self.ema.module if use_ema and self.ema is not None else self.unet
+        return lambda x, t, cond: net(x, t, y=cond)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int | None = None,
+        labels: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        sampler: str = "ddim",
+        steps: int | None = 50,
+        scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        callback: Callable | None = None,
+        progress: bool = False,
+        **sampler_kwargs: Any,
+    ) -> torch.Tensor:
+        """Generate images in [-1, 1]: ``n`` of them, or one per row of ``labels`` / per ``noise`` tensor.
+
+        ``scale`` > 1 applies classifier-free guidance against the null label. ``noise`` fixes the
+        initial latent for reproducibility; otherwise it is drawn from ``generator``.
+        """
+        if noise is None:
+            count = n if n is not None else len(labels)
+            shape = (count, self.channels, self.image_size, self.image_size)
+            noise = torch.randn(shape, generator=generator, device=self.device)
+        if self.cond_keys and labels is None:
+            labels = self.null_labels(len(noise))
+        model = self.denoiser(use_ema)
+        if labels is not None and scale != 1.0:
+            model = ClassifierFreeGuidance(model, scale, self.null_labels(len(noise)))
+        elif labels is None and scale != 1.0:
+            raise ValueError(f"guidance scale {scale} needs labels; this model is unconditional")
+        chosen = build_sampler(sampler, self.schedule, self.prediction_type, steps, **sampler_kwargs)
+        x = chosen.sample(model, noise, cond=labels, generator=generator, callback=callback, progress=progress)
+        return x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping[str, Any], max_images: int = 16, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Inputs, a forward-diffusion row, guided samples (with the batch's labels) and a denoising row."""
+        x0 = batch["image"][:max_images]
+        n = len(x0)
+        images = {"inputs": x0}
+        ts = torch.linspace(0, self.schedule.num_timesteps - 1, 8, device=self.device).long()
+        noise = torch.randn_like(x0[:1]).expand(len(ts), -1, -1, -1)
+        images["diffusion_row"] = self.schedule.q_sample(x0[:1].expand(len(ts), -1, -1, -1), ts, noise)
+        labels = self.labels(batch)
+        labels = labels[:n] if labels is not None else None
+        generator = torch.Generator(self.device).manual_seed(0)
+        trajectory: list[torch.Tensor] = []
+        samples = self.sample(n, labels=labels, sampler=self.log_sampler["name"],
+                              steps=self.log_sampler.get("steps"), generator=generator,
+                              scale=self.log_guidance_scale if labels is not None else 1.0,
+                              callback=lambda i, x, x0_pred: trajectory.append(x0_pred[:1]))
+        images["samples"] = samples
+        keep = torch.linspace(0, len(trajectory) - 1, min(8, len(trajectory))).long().tolist()
+        images["denoise_row"] = torch.cat([trajectory[i] for i in keep]).clamp(-1, 1)
+        return images

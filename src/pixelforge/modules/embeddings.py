@@ -1,0 +1,57 @@
+"""Conditioning embeddings for diffusion denoisers: sinusoidal timesteps and (multi-head) class labels."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) timesteps -> (B,dim) [cos(t·f_i), sin(t·f_i)], f_i = max_period^(-i/half); zero-padded if dim is odd."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return F.pad(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1), (0, dim % 2))
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoid -> Linear -> SiLU -> Linear: the learned timestep vector that conditions every residual block."""
+
+    def __init__(self, dim: int, embed_dim: int, max_period: float = 10000.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.max_period = max_period
+        self.mlp = nn.Sequential(nn.Linear(dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """Embed timesteps (B,) into (B, embed_dim)."""
+        features = timestep_embedding(t, self.dim, self.max_period)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedding(nn.Module):
+    """Sum of per-head label embeddings; index num_classes[i] is head i's null label, for classifier-free guidance."""
+
+    def __init__(self, num_classes: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.num_classes = tuple(int(n) for n in num_classes)
+        self.embeddings = nn.ModuleList(nn.Embedding(n + 1, dim) for n in self.num_classes)
+
+    def null_labels(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Null labels for a batch: (B,) for a single head, (B, K) for K heads."""
+        null = torch.tensor(self.num_classes, dtype=torch.long, device=device).expand(batch_size, -1)
+        return null[:, 0].contiguous() if len(self.num_classes) == 1 else null.contiguous()
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Embed labels (B,) for a single head or (B, K) for K heads into (B, dim)."""
+        labels = y[:, None] if y.ndim == 1 else y
+        if labels.ndim != 2 or labels.shape[1] != len(self.num_classes):
+            raise ValueError(
+                f"labels of shape {tuple(y.shape)} do not match num_classes {self.num_classes}; "
+                f"expected (B,{len(self.num_classes)})" + (" or (B,)" if len(self.num_classes) == 1 else "")
+            )
+        return sum(embed(labels[:, i]) for i, embed in enumerate(self.embeddings))
