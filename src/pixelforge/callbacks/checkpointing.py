@@ -28,9 +28,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
         tmp = Path(name)
         try:
-            with os.fdopen(handle, "wb") as file:
+            with open(tmp, "wb") as file:
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())  # on disk before the rename, so even a power cut leaves a whole file
