@@ -27,6 +27,8 @@ def test_experiment_trains_two_steps(experiment: str, tmp_path: Path, no_md5: No
         overrides.append(f"paths.data_dir={tmp_path / 'data'}")
     elif "root" in cfg.data.dataset:
         pytest.fail(f"{experiment}: add a stand-in for {target} to tests/conftest.py")
+    if "log_sampler" in cfg.model:
+        overrides.append("model.log_sampler.steps=2")
     metrics = run(compose_config(*parse(["-t", "-l", str(tmp_path / "logs"), *overrides])))
     (run_dir,) = (tmp_path / "logs").iterdir()
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)

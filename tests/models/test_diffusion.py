@@ -1,0 +1,110 @@
+"""DDPM: overfits one batch, EMA follows, label dropout, sampling API, and scripts/sample.py on a trained run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixelforge.cli import compose_config, parse
+from pixelforge.diffusion.schedule import NoiseSchedule
+from pixelforge.models.diffusion import DDPM
+from pixelforge.modules.unet import UNetModel
+from pixelforge.run import run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_ddpm(num_classes: int | None = None, **kwargs) -> DDPM:
+    unet = UNetModel(1, 1, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                     num_heads=2, num_groups=8, num_classes=num_classes)
+    return DDPM(unet, NoiseSchedule("linear", 100), partial(torch.optim.Adam, lr=2e-3), image_size=8, channels=1,
+                cond_key="label" if num_classes else None, ema={"decay": 0.9}, **kwargs)
+
+
+def test_overfits_one_batch_and_ema_follows() -> None:
+    torch.manual_seed(0)
+    model = tiny_ddpm()
+    batch = {"image": torch.rand(8, 1, 8, 8) * 2 - 1}
+    optimizer = model.optimizer(model.unet.parameters())
+    torch.manual_seed(1)
+    start = model.loss(batch, model.unet, drop=True)[0].mean().item()
+    for _ in range(150):
+        loss = model.loss(batch, model.unet, drop=True)[0].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.ema.update(model.unet)
+    losses = [model.loss(batch, model.unet, drop=False)[0].mean().item() for _ in range(10)]
+    assert sum(losses) / 10 < 0.35 * start
+    live = next(model.unet.parameters()).detach().clone()
+    shadow = next(model.ema.module.parameters()).detach().clone()
+    assert not torch.equal(live, shadow) and torch.allclose(live, shadow, atol=0.2)
+    with model.ema.swap(model.unet):
+        assert torch.equal(next(model.unet.parameters()), shadow)
+    assert torch.equal(next(model.unet.parameters()), live)
+
+
+def test_label_dropout_and_guided_sampling() -> None:
+    torch.manual_seed(0)
+    model = tiny_ddpm(num_classes=3, cond_drop_prob=0.5)
+    labels = torch.zeros(1000, dtype=torch.long)
+    dropped = model.drop_labels(labels)
+    assert 0.4 < (dropped == 3).float().mean() < 0.6 and set(dropped.tolist()) == {0, 3}
+    for sampler in ("ddpm", "ddim", "dpmpp", "euler_a"):
+        out = model.sample(labels=torch.tensor([0, 1, 2]), sampler=sampler, steps=5, scale=2.0)
+        assert out.shape == (3, 1, 8, 8) and out.abs().max() <= 1
+    unconditional = tiny_ddpm()
+    with pytest.raises(ValueError, match="needs labels"):
+        unconditional.sample(2, scale=2.0, steps=3)
+    noise = torch.randn(2, 1, 8, 8)
+    assert torch.equal(unconditional.sample(noise=noise, steps=4), unconditional.sample(noise=noise, steps=4))
+
+
+def test_log_images_rows() -> None:
+    model = tiny_ddpm(num_classes=3)
+    batch = {"image": torch.rand(4, 1, 8, 8) * 2 - 1, "label": torch.tensor([0, 1, 2, 0])}
+    images = model.log_images(batch)
+    assert images["diffusion_row"].shape == (8, 1, 8, 8) and images["samples"].shape == (4, 1, 8, 8)
+    assert 2 <= len(images["denoise_row"]) <= 8
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    logdir = tmp_path_factory.mktemp("ddpm")
+    overrides = ["-t", "--no-test", "-l", str(logdir), "experiment=ddpm_mnist5k_cond", "data=digits",
+                 "data.image_size=8", "model.unet.channel_mult=[1,2]", "model.unet.model_channels=16",
+                 "model.unet.attention_resolutions=[2]", "trainer.max_steps=2", "trainer.limit_val_batches=1",
+                 "trainer.num_sanity_val_steps=0", "model.log_sampler.steps=2", "callbacks.progress_bar=null",
+                 "trainer.accelerator=cpu", "trainer.devices=1"]
+    run(compose_config(*parse(overrides)))
+    (run_dir,) = logdir.iterdir()
+    return run_dir
+
+
+def test_sample_script_writes_pngs_grid_and_record(trained_run: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "scripts/sample.py", "--ckpt", str(trained_run), "--n_samples", "2", "--steps", "3",
+               "--sampler", "ddim", "--scale", "2", "--outdir", str(tmp_path), "--batch_size", "8"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 20  # all ten classes, two each
+    assert (tmp_path / "grid-00000.png").is_file()
+    record = json.loads((tmp_path / "samples-00000.json").read_text())
+    assert record["sampler"] == "ddim" and record["labels"][:3] == [0, 0, 1]
+    one = subprocess.run([*command, "--class_label", "7", "--n_samples", "3"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0 and len(list((tmp_path / "samples").glob("*.png"))) == 23
+
+
+def test_sample_script_errors_are_clear(trained_run: Path, tmp_path: Path) -> None:
+    missing = subprocess.run([sys.executable, "scripts/sample.py", "--ckpt", str(tmp_path / "nope")], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no checkpoint" in missing.stderr
+    bad = subprocess.run([sys.executable, "scripts/sample.py", "--ckpt", str(trained_run), "--class_label", "12",
+                          "--outdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "0..9" in bad.stderr
