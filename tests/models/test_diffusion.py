@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from functools import partial
@@ -108,3 +109,26 @@ def test_sample_script_errors_are_clear(trained_run: Path, tmp_path: Path) -> No
     bad = subprocess.run([sys.executable, "scripts/sample.py", "--ckpt", str(trained_run), "--class_label", "12",
                           "--outdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "0..9" in bad.stderr
+
+
+def test_evaluate_script_reports_fid_and_accuracy_per_sampler(trained_run: Path, tmp_path: Path) -> None:
+    overrides = ["-t", "--no-test", "-l", str(tmp_path / "clf"), "experiment=classifier_cnn_digits",
+                 "data.image_size=8", "trainer.max_steps=2", "trainer.limit_val_batches=1",
+                 "trainer.num_sanity_val_steps=0", "callbacks.progress_bar=null", "trainer.accelerator=cpu",
+                 "trainer.devices=1"]
+    run(compose_config(*parse(overrides)))
+    (classifier,) = (tmp_path / "clf").iterdir()
+    out = tmp_path / "eval.json"
+    command = [sys.executable, "scripts/evaluate.py", "--ckpt", str(trained_run), "--classifier", str(classifier),
+               "--sampler", "ddim:2", "dpmpp:3", "--n_samples", "30", "--batch_size", "16", "--scale", "2",
+               "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("dpmpp", 3)]
+    assert all(r["fid"] >= 0 and 0 <= r["cond_acc"] <= 1 and r["sec_per_image"] > 0 for r in rows)
+    assert out.with_suffix(".md").read_text().startswith("| sampler | steps |")
+    clf = subprocess.run([sys.executable, "scripts/evaluate.py", "--ckpt", str(classifier)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert clf.returncode == 0 and "| label |" in clf.stdout

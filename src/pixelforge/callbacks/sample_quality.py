@@ -21,7 +21,7 @@ class SampleQuality(L.Callback):
 
     def __init__(self, classifier: str | None = None, feature_kind: str = "classifier", every_n_epochs: int = 5,
                  n_samples: int = 1000, batch_size: int = 250, split: str = "val",
-                 cache_dir: str = "~/.cache/pixelforge", sample_kwargs: dict[str, Any] | None = None) -> None:
+                 cache_dir: str | None = None, sample_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         if feature_kind == "classifier" and classifier is None:
             raise ValueError("SampleQuality needs classifier=<run dir or ckpt of a classifier on the same data>, "

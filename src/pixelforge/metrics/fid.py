@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def extract(extractor: nn.Module, images: Iterable[torch.Tensor], device: torch.
     """Features of every image batch (``B,C,H,W`` in [-1, 1]), concatenated on the CPU."""
     extractor = extractor.to(device)
     return torch.cat([extractor(batch.to(device)).cpu() for batch in images])
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/pixelforge`` (``~/.cache/pixelforge`` by default): where real-image features are kept."""
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "pixelforge"
 
 
 def cached_real_features(extractor: nn.Module, key: str, images: Iterable[torch.Tensor], cache_dir: str | Path,

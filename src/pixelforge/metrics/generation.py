@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pixelforge.metrics.fid import cached_real_features, extract, fid, kid
+from pixelforge.metrics.fid import cached_real_features, default_cache_dir, extract, fid, kid
 
 
 def real_batches(dataset: Dataset, batch_size: int = 500) -> Iterable[torch.Tensor]:
@@ -37,15 +37,16 @@ def evaluate_samples(
     dataset_key: str,
     n_samples: int = 1000,
     batch_size: int = 250,
-    cache_dir: str | Path = "~/.cache/pixelforge",
+    cache_dir: str | Path | None = None,
     seed: int = 0,
     kid_subset_size: int = 500,
     **sample_kwargs,
 ) -> dict[str, float]:
     """Generate ``n_samples`` with ``model.sample`` and compare them to ``dataset`` on ``extractor`` features.
 
-    Returns ``fid``, ``kid`` (and its std), and for conditional models ``cond_acc`` (share of samples the
-    extractor's classifier labels as requested; with several keys, all of them right) plus one per key.
+    Real features are cached in ``cache_dir`` (default: ``default_cache_dir()``). Returns ``fid``, ``kid`` (and
+    its std), and for conditional models ``cond_acc`` (share of samples the extractor's classifier labels as
+    requested; with several keys, all of them right) plus one per key.
     """
     device = next(model.parameters()).device
     keys = list(getattr(model, "cond_keys", []))
@@ -57,7 +58,8 @@ def evaluate_samples(
         chunk = labels[start:start + count].to(device) if labels is not None else None
         fakes.append(model.sample(count, labels=chunk, generator=generator, **sample_kwargs).cpu())
     fake = torch.cat(fakes)
-    real_features = cached_real_features(extractor, dataset_key, real_batches(dataset), Path(cache_dir).expanduser(),
+    real_features = cached_real_features(extractor, dataset_key, real_batches(dataset),
+                                         Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
                                          device)
     fake_features = extract(extractor, fake.split(batch_size), device)
     kid_mean, kid_std = kid(real_features, fake_features, subset_size=kid_subset_size)

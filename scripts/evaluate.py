@@ -1,0 +1,117 @@
+"""Evaluate a trained run with the metrics that fit its family; prints a Markdown table and writes JSON.
+
+Classifiers: accuracy on a split. Generative runs (anything with ``sample``): FID/KID on the features of a
+classifier this codebase trained on the same data, conditional accuracy, and seconds per image, for each
+``--sampler NAME:STEPS`` given (diffusion) or once (other generators).
+
+    python scripts/evaluate.py --ckpt logs/<ddpm run> --classifier logs/<classifier run> \\
+        --sampler dpmpp:20 ddim:50 ddpm:1000 --scale 3 --n_samples 1000 --out results/ddpm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from pixelforge.metrics.features import build_feature_extractor
+from pixelforge.metrics.generation import evaluate_samples
+from pixelforge.run import load_run
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="run directory or checkpoint to evaluate")
+    parser.add_argument("--config", help="config to build the model from (default: the run's)")
+    parser.add_argument("--split", default="test", help="data split to compare with (default: test)")
+    parser.add_argument("--classifier", help="classifier run whose features define FID/KID and judge labels")
+    parser.add_argument("--features", choices=["classifier", "inception"], default="classifier")
+    parser.add_argument("--sampler", nargs="*", default=["dpmpp:20"], help="NAME:STEPS for diffusion models")
+    parser.add_argument("--scale", type=float, default=1.0, help="classifier-free guidance scale")
+    parser.add_argument("--n_samples", type=int, default=1000)
+    parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", help="JSON file for the results (a .md table is written beside it)")
+    return parser.parse_args(argv)
+
+
+def markdown(rows: list[dict]) -> str:
+    """A Markdown table of result rows (union of their keys, floats to 4 significant digits)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def classifier_rows(model, dataset, batch_size: int, device: str) -> list[dict]:
+    """Top-1 accuracy per target of an ``ImageClassifier`` on ``dataset``."""
+    correct: dict[str, int] = {}
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        for key, logits in model(batch["image"].to(device)).items():
+            correct[key] = correct.get(key, 0) + int((logits.argmax(1).cpu() == batch[key]).sum())
+    return [{"target": key, "accuracy": hits / len(dataset)} for key, hits in correct.items()]
+
+
+def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[dict]:
+    """One row per sampler setting: FID, KID, conditional accuracy and seconds per image."""
+    if args.features == "classifier" and not args.classifier:
+        raise SystemExit("evaluate.py: error: --classifier RUN is needed for FID on project features")
+    extractor = build_feature_extractor(args.features, args.classifier).to(args.device)
+    settings = args.sampler if hasattr(model, "schedule") else [None]
+    rows = []
+    for setting in settings:
+        kwargs: dict = {}
+        row: dict = {}
+        if setting is not None:
+            name, _, steps = setting.partition(":")
+            kwargs = {"sampler": name, "steps": int(steps) if steps else None, "scale": args.scale}
+            row = {"sampler": name, "steps": kwargs["steps"], "scale": args.scale}
+        start = time.perf_counter()
+        results = evaluate_samples(model, extractor, dataset, key, args.n_samples, args.batch_size, seed=args.seed,
+                                   **kwargs)
+        row.update(results)
+        row["sec_per_image"] = (time.perf_counter() - start) / args.n_samples
+        print(markdown([row]).splitlines()[-1], flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, model = load_run(args.ckpt, args.config)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        return 2
+    model = model.to(args.device)
+    datamodule = instantiate(cfg.data)
+    dataset = datamodule.build(args.split)
+    if hasattr(model, "sample"):
+        rows = generative_rows(args, model, dataset, f"{datamodule.dataset!r}|{args.split}")
+    elif hasattr(model, "heads"):
+        rows = classifier_rows(model, dataset, args.batch_size, args.device)
+    else:
+        print(f"evaluate.py: error: no metrics for a {type(model).__name__}", file=sys.stderr)
+        return 2
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"ckpt": args.ckpt, "split": args.split, "rows": rows}, indent=2))
+        out.with_suffix(".md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
