@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pixelforge.run import check_runnable, find_checkpoint, run
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-CONFIG_GROUPS = ("experiment", "data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths")
+CONFIG_GROUPS = frozenset(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())  # data, model, trainer ...
 
 
 MISSING_KEY = object()

@@ -21,7 +21,8 @@ class DDPM(L.LightningModule):
 
     ``cond_key`` names the batch key(s) of class labels (``"label"``, or the shapes' attributes); labels are
     replaced by the U-Net's null label with probability ``cond_drop_prob`` during training, so
-    classifier-free guidance works at sampling time. Validation and sampling use the EMA weights.
+    classifier-free guidance works at sampling time. Validation and sampling use the EMA weights;
+    ``clip_denoised`` keeps the samplers' x0 estimates in the data range [-1, 1].
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class DDPM(L.LightningModule):
         ema: Mapping[str, Any] | None = None,
         log_sampler: Mapping[str, Any] | None = None,
         log_guidance_scale: float = 3.0,
+        clip_denoised: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "scheduler"])
@@ -61,6 +63,7 @@ class DDPM(L.LightningModule):
         self.ema = EMA(unet, **ema) if ema is not None else None
         self.log_sampler = dict(log_sampler or {"name": "ddim", "steps": 25})
         self.log_guidance_scale = log_guidance_scale
+        self.clip_denoised = clip_denoised
 
     # ---- conditioning -------------------------------------------------------------------------------------
     def labels(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
@@ -169,7 +172,8 @@ class DDPM(L.LightningModule):
             model = ClassifierFreeGuidance(model, scale, self.null_labels(len(noise)))
         elif labels is None and scale != 1.0:
             raise ValueError(f"guidance scale {scale} needs labels; this model is unconditional")
-        chosen = build_sampler(sampler, self.schedule, self.prediction_type, steps, **sampler_kwargs)
+        clip = 1.0 if self.clip_denoised else None
+        chosen = build_sampler(sampler, self.schedule, self.prediction_type, steps, clip_x0=clip, **sampler_kwargs)
         x = chosen.sample(model, noise, cond=labels, generator=generator, callback=callback, progress=progress)
         return x.clamp(-1, 1)
 

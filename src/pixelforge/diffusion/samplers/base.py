@@ -29,9 +29,13 @@ class Sampler(ABC):
     the noise level the initial noise has, and they end at T/steps - 1, after which ``step`` lands on clean data
     (alpha_bar = 1). The initial noise is the caller's (fixed noise -> reproducible samples); stochastic samplers
     draw their extra noise from ``generator``, which must live on the noise's device (None: torch's global RNG).
+    ``clip_x0`` clamps each x0 estimate to [-clip_x0, clip_x0] and re-derives eps from it (OpenAI's
+    ``clip_denoised``): pixel models whose data lie in [-1, 1] use 1.0, so an out-of-range estimate early in an
+    ODE trajectory does not end as speckle; latent models leave it None.
     """
 
-    def __init__(self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None) -> None:
+    def __init__(self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None,
+                 clip_x0: float | None = None) -> None:
         check_prediction_type(prediction_type)
         num_timesteps = schedule.num_timesteps
         steps = num_timesteps if steps is None else steps
@@ -43,6 +47,7 @@ class Sampler(ABC):
         self.schedule = schedule
         self.prediction_type = prediction_type
         self.steps = steps
+        self.clip_x0 = clip_x0
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if key != "schedule")
@@ -73,7 +78,11 @@ class Sampler(ABC):
             alpha, sigma = abar[i].sqrt(), (1 - abar[i]).sqrt()
             pred = model(x, timesteps[i].expand(len(x)), cond)
             x0 = x0_from_prediction(pred, x, alpha, sigma, self.prediction_type)
-            eps = eps_from_prediction(pred, x, alpha, sigma, self.prediction_type)
+            if self.clip_x0 is not None:
+                x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+                eps = (x - alpha * x0) / sigma
+            else:
+                eps = eps_from_prediction(pred, x, alpha, sigma, self.prediction_type)
             if callback is not None:
                 callback(i, x, x0)
             x = self.step(i, x, x0, eps, abar, prev_x0, generator)

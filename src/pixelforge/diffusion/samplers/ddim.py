@@ -13,9 +13,10 @@ class DDIMSampler(Sampler):
     """x_{t'} = sqrt(ab')·x0 + sqrt(1 - ab' - s^2)·eps + s·z, s = eta·(DDPM posterior std between t and t')."""
 
     def __init__(
-        self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None, eta: float = 0.0
+        self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None, eta: float = 0.0,
+        clip_x0: float | None = None,
     ) -> None:
-        super().__init__(schedule, prediction_type, steps)
+        super().__init__(schedule, prediction_type, steps, clip_x0)
         self.eta = eta
 
     def step(

@@ -20,9 +20,10 @@ class EulerAncestralSampler(Sampler):
     """
 
     def __init__(
-        self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None, eta: float = 1.0
+        self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None, eta: float = 1.0,
+        clip_x0: float | None = None,
     ) -> None:
-        super().__init__(schedule, prediction_type, steps)
+        super().__init__(schedule, prediction_type, steps, clip_x0)
         self.eta = eta
 
     def step(
