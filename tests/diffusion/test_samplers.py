@@ -199,3 +199,21 @@ def test_no_host_sync_and_no_fixed_device(name: str) -> None:
     schedule.to("meta")
     out = sampler.sample(lambda x, t, cond: 0.5 * x, torch.empty(2, 3, 4, 4, device="meta"))
     assert out.device.type == "meta" and out.shape == (2, 3, 4, 4)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_clip_x0_keeps_estimates_in_range(name: str) -> None:
+    schedule = NoiseSchedule("linear", 100)
+    seen: list[torch.Tensor] = []
+
+    def overshooting(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        return -5 * x  # an eps guess whose x0 estimate leaves [-1, 1]
+
+    noise = normal(64, 2)
+    sampler = build_sampler(name, schedule, "eps", 10, clip_x0=1.0)
+    out = sampler.sample(overshooting, noise, callback=lambda i, x, x0: seen.append(x0),
+                         generator=torch.Generator().manual_seed(0))
+    assert all(x0.abs().max() <= 1.0 for x0 in seen) and out.abs().max() <= 1.0 + 1e-5
+    unclipped = build_sampler(name, schedule, "eps", 10).sample(overshooting, noise,
+                                                                  generator=torch.Generator().manual_seed(0))
+    assert unclipped.abs().max() > 1.5
