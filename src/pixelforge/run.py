@@ -135,7 +135,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
                        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
 
 
-def test_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+def checkpoint_to_test(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     """Which weights to test: the given checkpoint, else the best one of this fit, else the current ones."""
     if not cfg.train:
         return cfg.ckpt_path
@@ -172,7 +172,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path if cfg.resume else None,
                         weights_only=True)
         if cfg.test and not trainer.interrupted:
-            results = trainer.test(model, datamodule=datamodule, ckpt_path=test_checkpoint(cfg, trainer),
+            results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint_to_test(cfg, trainer),
                                    weights_only=True)
             return results[0] if results else {}
         return {}
