@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_fake_dataset
+from fake_data import write_fake_dataset
 
 from pixelforge.cli import compose_config, experiments, parse
 from pixelforge.run import run
