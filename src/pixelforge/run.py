@@ -79,12 +79,13 @@ def learning_rate(model_cfg: DictConfig, scale_lr: bool, trainer: L.Trainer, bat
     return float(lr)
 
 
-def build_model(cfg: DictConfig, trainer: L.Trainer) -> L.LightningModule:
-    """Instantiate ``cfg.model``, turning ``base_learning_rate`` into the optimizer's lr."""
+def build_model(cfg: DictConfig, trainer: L.Trainer | None = None) -> L.LightningModule:
+    """Instantiate ``cfg.model``; for training (a ``trainer``) ``base_learning_rate`` becomes the optimizer's lr."""
     model_cfg = cfg.model.copy()
     with open_dict(model_cfg):
         if "base_learning_rate" in model_cfg:
-            model_cfg.optimizer.lr = learning_rate(model_cfg, cfg.scale_lr, trainer, cfg.data.batch_size)
+            if trainer is not None:
+                model_cfg.optimizer.lr = learning_rate(model_cfg, cfg.scale_lr, trainer, cfg.data.batch_size)
             del model_cfg["base_learning_rate"]
     return instantiate(model_cfg, _convert_="all")
 
@@ -115,10 +116,7 @@ def load_run(path: str | Path, config: str | Path | None = None,
     if not config.is_file():
         raise FileNotFoundError(f"no config at {config}; pass --config with the run's configs/config.yaml")
     cfg = OmegaConf.load(config)
-    model_cfg = cfg.model.copy()
-    with open_dict(model_cfg):
-        model_cfg.pop("base_learning_rate", None)
-    model = instantiate(model_cfg, _convert_="all")
+    model = build_model(cfg)
     checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
     if missing or unexpected:
