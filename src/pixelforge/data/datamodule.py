@@ -1,0 +1,93 @@
+"""One LightningDataModule for every dataset: splits, transforms and loaders configured by ``data=``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from pixelforge.data.base import SPLITS, build_transform
+
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Builds ``dataset(split=..., transform=...)`` for train/val/test and serves seeded, resumable loaders.
+
+    ``dataset`` is a partial constructor from the config. ``image_size``, ``channels`` and ``targets``
+    describe the data for the model config (``${data.channels}`` ...). The training order is a function
+    of ``(seed, epoch)`` only, so a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        dataset: Callable[..., Dataset],
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        image_size: int | None = None,
+        channels: int = 3,
+        targets: Mapping[str, int] | None = None,
+        transform: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.image_size = image_size
+        self.channels = channels
+        self.targets = dict(targets or {})
+        self.transform = dict(transform or {})
+        self.seed = seed
+        self.drop_last = drop_last
+        self.splits: dict[str, Dataset] = {}
+
+    def build(self, split: str) -> Dataset:
+        """The dataset of ``split`` with its transform (random augmentation on train only), built once."""
+        if split not in self.splits:
+            options = dict(self.transform)
+            size = self.image_size if options.pop("resize", True) else None
+            transform = build_transform(size, train=split == "train", **options)
+            self.splits[split] = self.dataset(split=split, transform=transform)
+        return self.splits[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in STAGE_SPLITS.get(stage, SPLITS):
+            self.build(split)
+
+    def loader(self, split: str, shuffle: bool) -> DataLoader:
+        """A DataLoader over ``split``; shuffled through a seeded DistributedSampler (also on one process)."""
+        dataset = self.build(split)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = None
+        if shuffle or world > 1:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed,
+                                         drop_last=shuffle and self.drop_last)
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and self.drop_last and len(dataset) >= batch_size * world,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test", shuffle=False)
