@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
-import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision.datasets.celeba
-import torchvision.datasets.cifar
-from PIL import Image
+from fake_data import write_mnist
 
 from pixelforge.data.torchvision_sets import TorchvisionDataset
-
-from fake_data import CELEBA_PARTITION, write_mnist
 
 
 def check_items(dataset: TorchvisionDataset, shape: tuple[int, ...]) -> None:
