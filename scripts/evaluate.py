@@ -1,8 +1,10 @@
 """Evaluate a trained run with the metrics that fit its family; prints a Markdown table and writes JSON.
 
-Classifiers: accuracy on a split. Generative runs (anything with ``sample``): FID/KID on the features of a
-classifier this codebase trained on the same data, conditional accuracy, and seconds per image, for each
-``--sampler NAME:STEPS`` given (diffusion) or once (other generators).
+Classifiers: accuracy on a split. Autoencoders: MSE/PSNR/SSIM of reconstructions (a denoising autoencoder
+also on corrupted inputs, beside the corrupted inputs' own scores); VAEs add ELBO, KL and the importance-sampled
+negative log-likelihood in nats and bits/dim. Generative runs (anything with ``sample``: DDPM, GAN, VAE prior):
+FID/KID on the features of a classifier this codebase trained on the same data, conditional accuracy, and
+seconds per image, for each ``--sampler NAME:STEPS`` given (diffusion) or once (other generators).
 
     python scripts/evaluate.py --ckpt logs/<ddpm run> --classifier logs/<classifier run> \\
         --sampler dpmpp:20 ddim:50 ddpm:1000 --scale 3 --n_samples 1000 --out results/ddpm.json
@@ -22,6 +24,8 @@ from torch.utils.data import DataLoader
 
 from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples
+from pixelforge.metrics.likelihood import evaluate_likelihood
+from pixelforge.metrics.reconstruction import evaluate_reconstructions
 from pixelforge.run import load_run
 
 
@@ -36,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="classifier-free guidance scale")
     parser.add_argument("--n_samples", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--k", type=int, default=256, help="importance samples for a VAE's log-likelihood")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="JSON file for the results (a .md table is written beside it)")
@@ -86,6 +91,21 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
     return rows
 
 
+def autoencoder_rows(args: argparse.Namespace, model, dataset, key: str) -> list[dict]:
+    """Reconstruction scores on clean (and, for a denoiser, corrupted) inputs; likelihood and sample FID for VAEs."""
+    clean = {"input": "clean", **evaluate_reconstructions(model, dataset, args.batch_size, args.device,
+                                                          seed=args.seed)}
+    rows = [clean]
+    if getattr(model, "corruption", None):
+        rows.append({"input": "corrupted", **evaluate_reconstructions(model, dataset, args.batch_size, args.device,
+                                                                      corrupted=True, seed=args.seed)})
+    if hasattr(model, "log_likelihood"):
+        clean.update(evaluate_likelihood(model, dataset, args.k, args.batch_size, args.device, seed=args.seed))
+    if hasattr(model, "sample") and (args.classifier or args.features == "inception"):
+        rows += [{"input": "prior samples", **row} for row in generative_rows(args, model, dataset, key)]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -96,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(args.device)
     datamodule = instantiate(cfg.data)
     dataset = datamodule.build(args.split)
-    if hasattr(model, "sample"):
-        rows = generative_rows(args, model, dataset, f"{datamodule.dataset!r}|{args.split}")
+    key = f"{datamodule.dataset!r}|{args.split}"
+    if hasattr(model, "reconstruct"):
+        rows = autoencoder_rows(args, model, dataset, key)
+    elif hasattr(model, "sample"):
+        rows = generative_rows(args, model, dataset, key)
     elif hasattr(model, "heads"):
         rows = classifier_rows(model, dataset, args.batch_size, args.device)
     else:

@@ -1,12 +1,16 @@
-"""Sample a trained generative run: individual PNGs plus a grid.
+"""Sample any trained generative run (DDPM, GAN, VAE prior): individual PNGs plus a grid.
 
-    python scripts/sample.py --ckpt logs/<run> --n_samples 64 --sampler dpmpp --steps 20 --scale 3
+    python scripts/sample.py --ckpt logs/<ddpm run> --n_samples 64 --sampler dpmpp --steps 20 --scale 3
+    python scripts/sample.py --ckpt logs/<gan or vae run> --n_samples 64
+
+Diffusion options (--sampler --steps --eta --scale) apply to diffusion runs only.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -56,7 +60,7 @@ def requested_labels(model, class_label: str | None, n: int, seed: int) -> tuple
         if class_label is not None:
             raise SystemExit(f"--class_label {class_label}: this model is unconditional")
         return None, 0
-    counts = model.unet.num_classes
+    counts = model.class_counts
     if class_label is None:
         if len(keys) == 1:
             return torch.arange(counts[0]).repeat_interleave(n), n
@@ -83,6 +87,20 @@ def requested_labels(model, class_label: str | None, n: int, seed: int) -> tuple
     return (labels[:, 0] if len(keys) == 1 else labels), 0
 
 
+def sampling_options(model, args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``model.sample`` that this run's family takes (diffusion options, EMA)."""
+    options: dict = {}
+    if hasattr(model, "schedule"):
+        options = {"sampler": args.sampler, "steps": args.steps, "scale": args.scale}
+        if args.eta is not None:
+            options["eta"] = args.eta
+    elif args.scale != 1.0:
+        raise SystemExit(f"--scale {args.scale}: guidance applies to diffusion runs, not a {type(model).__name__}")
+    if "use_ema" in inspect.signature(model.sample).parameters:
+        options["use_ema"] = args.use_ema
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -99,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     labels, row = requested_labels(model, args.class_label, args.n_samples, args.seed)
     total = len(labels) if labels is not None else args.n_samples
     generator = torch.Generator(device).manual_seed(args.seed)
-    sample_kwargs = {"sampler": args.sampler, "steps": args.steps, "scale": args.scale, "use_ema": args.use_ema}
-    if args.eta is not None:
-        sample_kwargs["eta"] = args.eta
+    sample_kwargs = sampling_options(model, args)
     dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     autocast = torch.autocast(device.type, dtype=dtype) if args.precision == "autocast" else contextlib.nullcontext()
     images = []

@@ -66,6 +66,11 @@ class DDPM(L.LightningModule):
         self.clip_denoised = clip_denoised
 
     # ---- conditioning -------------------------------------------------------------------------------------
+    @property
+    def class_counts(self) -> list[int]:
+        """Number of classes per conditioning key (empty for an unconditional model)."""
+        return list(self.unet.num_classes) if self.cond_keys else []
+
     def labels(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
         """The batch's class labels as the U-Net takes them: ``B`` for one key, ``B,K`` for several, else None."""
         if not self.cond_keys:

@@ -1,0 +1,44 @@
+"""Reconstruction metrics against their definitions, and the dataset-level evaluation of a (denoising) model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pixelforge.metrics.reconstruction import evaluate_reconstructions, mse, psnr, ssim
+
+
+def test_psnr_matches_its_formula_and_ssim_is_one_only_for_equal_images() -> None:
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    shifted = x + 0.1
+    assert torch.allclose(mse(x, shifted), torch.full((3,), 0.01), atol=1e-6)
+    assert torch.allclose(psnr(x, shifted), torch.full((3,), 10 * math.log10(4 / 0.01)), atol=1e-3)
+    assert torch.allclose(ssim(x, x), torch.ones(3), atol=1e-5)
+    noisy = [ssim(x, x + s * torch.randn_like(x)).mean().item() for s in (0.05, 0.2, 0.8)]
+    assert 1 > noisy[0] > noisy[1] > noisy[2]
+    small = torch.rand(2, 1, 8, 8) * 2 - 1  # smaller than the 11x11 window
+    assert torch.allclose(ssim(small, small), torch.ones(2), atol=1e-5)
+
+
+class Halver(nn.Module):
+    """A 'denoiser' that halves its input and corrupts by adding a constant: every score is known in closed form."""
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return x / 2
+
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return x + 0.2
+
+
+def test_evaluate_reconstructions_reports_model_and_input_scores() -> None:
+    images = [{"image": torch.full((1, 4, 4), v)} for v in (0.2, -0.4, 0.6)]
+    clean = evaluate_reconstructions(Halver(), images, batch_size=2)
+    assert clean["mse"] == pytest.approx(sum((v / 2) ** 2 for v in (0.2, -0.4, 0.6)) / 3)
+    assert set(clean) == {"mse", "psnr", "ssim"}
+    corrupted = evaluate_reconstructions(Halver(), images, batch_size=2, corrupted=True)
+    assert corrupted["input_mse"] == pytest.approx(0.04)
+    assert corrupted["input_psnr"] == pytest.approx(10 * math.log10(4 / 0.04), rel=1e-4)
+    assert corrupted["mse"] == pytest.approx(sum((v - (v + 0.2) / 2) ** 2 for v in (0.2, -0.4, 0.6)) / 3)
