@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchvision.utils import make_grid
@@ -15,6 +14,7 @@ from torchvision.utils import make_grid
 from pixelforge.gan.diffaugment import diff_augment, parse_policy
 from pixelforge.gan.losses import check_loss, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from pixelforge.modules.ema import EMA
+from pixelforge.optim import guarded_step
 
 
 class GAN(L.LightningModule):
@@ -127,18 +127,6 @@ class GAN(L.LightningModule):
         """G's loss on ``n`` fresh fakes (labels ``y`` for a conditional GAN)."""
         return generator_loss(self.critic(self.generator(self.noise(n), y), y), self.loss)
 
-    def step(self, optimizer: LightningOptimizer, loss: torch.Tensor, name: str) -> bool:
-        """Backward and step ``loss``; a non-finite loss skips the step, warns and stops training instead."""
-        if not torch.isfinite(loss):
-            rank_zero_warn(f"non-finite {name} loss ({loss.item()}) at global step {self.global_step}: step skipped "
-                           "and training stopped; last.ckpt keeps the last finite weights")
-            self.trainer.should_stop = True
-            return False
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
-        return True
-
     def watch_collapse(self, d_fake_prob: float) -> None:
         """Warn once when D(G(z)) stays saturated for ``collapse_patience`` D steps (not for the Wasserstein critic)."""
         if self.loss == "wasserstein":
@@ -157,7 +145,7 @@ class GAN(L.LightningModule):
         d_opt, g_opt = self.optimizers()
         with self.toggled_optimizer(d_opt):
             d = self.discriminator_step(real, y)
-            if not self.step(d_opt, d["total"], "discriminator"):
+            if not guarded_step(self, d_opt, d["total"], "discriminator"):
                 return
         self.log_dict({f"train/{k}": v.detach() for k, v in d.items() if k != "total"}, prog_bar=False,
                       batch_size=len(real))
@@ -166,7 +154,7 @@ class GAN(L.LightningModule):
             return
         with self.toggled_optimizer(g_opt):
             g_loss = self.generator_step(len(real), y)
-            if not self.step(g_opt, g_loss, "generator"):
+            if not guarded_step(self, g_opt, g_loss, "generator"):
                 return
         if self.ema is not None:
             self.ema.update(self.generator)
