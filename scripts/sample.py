@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["full", "autocast"], default="full")
     parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
                         help="sample with the EMA weights (--no-use_ema: the live weights)")
+    parser.add_argument("--no-ema", dest="use_ema", action="store_false", help="the same as --no-use_ema")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     return parser.parse_args(argv)
 
