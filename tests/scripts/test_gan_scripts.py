@@ -25,8 +25,9 @@ def test_sample_script_draws_a_row_per_class_or_one_class(runs: dict[str, Path],
     record = json.loads((tmp_path / "samples-00000.json").read_text())
     assert record["labels"][:4] == [0, 0, 1, 1] and record["use_ema"] is True and "sampler" not in record
     one = script("sample.py", "--ckpt", str(runs["cgan"]), "--class_label", "3", "--n_samples", "4",
-                 "--no-use_ema", "--outdir", str(tmp_path))
+                 "--no-ema", "--outdir", str(tmp_path))
     assert one.returncode == 0 and len(list((tmp_path / "samples").glob("*.png"))) == 24
+    assert json.loads((tmp_path / "samples-00020.json").read_text())["use_ema"] is False
     bad = script("sample.py", "--ckpt", str(runs["cgan"]), "--class_label", "10", "--outdir", str(tmp_path))
     assert bad.returncode != 0 and "0..9" in bad.stderr
 
