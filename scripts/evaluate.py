@@ -26,7 +26,7 @@ from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples
 from pixelforge.metrics.likelihood import evaluate_likelihood
 from pixelforge.metrics.reconstruction import evaluate_reconstructions
-from pixelforge.run import load_run
+from pixelforge.run import load_run_or_exit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,11 +108,7 @@ def autoencoder_rows(args: argparse.Namespace, model, dataset, key: str) -> list
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg, model = load_run(args.ckpt, args.config)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"evaluate.py: error: {error}", file=sys.stderr)
-        return 2
+    cfg, model = load_run_or_exit(args.ckpt, args.config, "evaluate.py")
     model = model.to(args.device)
     datamodule = instantiate(cfg.data)
     dataset = datamodule.build(args.split)

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from matplotlib.figure import Figure
 
 from pixelforge.data.shapes import COLORS, POSITIONS, SHAPES, SIZES
-from pixelforge.run import load_run
+from pixelforge.run import load_run_or_exit
 from pixelforge.utils.images import grid, save_png
 from pixelforge.utils.latent import attribute_vector, encode_dataset, fit_gaussian, interpolate, project_2d
 
@@ -94,11 +94,7 @@ def plot_scatter(points: torch.Tensor, colours: torch.Tensor, key: str, explaine
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg, model = load_run(args.ckpt, args.config)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"latent_explore.py: error: {error}", file=sys.stderr)
-        return 2
+    cfg, model = load_run_or_exit(args.ckpt, args.config, "latent_explore.py")
     if not (hasattr(model, "encode") and hasattr(model, "decode")):
         print(f"latent_explore.py: error: {args.ckpt} holds a {type(model).__name__}; latent exploration needs an "
               "autoencoder or VAE run (encode/decode)", file=sys.stderr)

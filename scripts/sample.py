@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from pixelforge.diffusion.samplers import SAMPLERS
-from pixelforge.run import load_run
+from pixelforge.run import load_run_or_exit
 from pixelforge.utils.images import grid, save_png, to_uint8
 
 
@@ -104,11 +104,7 @@ def sampling_options(model, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg, model = load_run(args.ckpt, args.config)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"sample.py: error: {error}", file=sys.stderr)
-        return 2
+    cfg, model = load_run_or_exit(args.ckpt, args.config, "sample.py")
     if not hasattr(model, "sample"):
         print(f"sample.py: error: {args.ckpt} holds a {type(model).__name__}, which cannot generate images",
               file=sys.stderr)

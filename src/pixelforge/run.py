@@ -125,6 +125,15 @@ def load_run(path: str | Path, config: str | Path | None = None,
     return cfg, model.eval()
 
 
+def load_run_or_exit(path: str | Path, config: str | Path | None, prog: str) -> tuple[DictConfig, L.LightningModule]:
+    """``load_run`` for command-line scripts: a missing or unfit run prints ``prog: error: ...`` and exits with 2."""
+    try:
+        return load_run(path, config)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     """The Trainer with the configured callbacks and loggers (null entries dropped) and atomic checkpoints."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
