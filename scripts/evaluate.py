@@ -4,15 +4,20 @@ Classifiers: accuracy on a split. Autoencoders: MSE/PSNR/SSIM of reconstructions
 also on corrupted inputs, beside the corrupted inputs' own scores); VAEs add ELBO, KL and the importance-sampled
 negative log-likelihood in nats and bits/dim. Generative runs (anything with ``sample``: DDPM, GAN, VAE prior):
 FID/KID on the features of a classifier this codebase trained on the same data, conditional accuracy, and
-seconds per image, for each ``--sampler NAME:STEPS`` given (diffusion) or once (other generators).
+seconds per image, for each ``--sampler NAME:STEPS`` and ``--scale`` given (diffusion) or once (other generators).
+Text-to-image runs are prompted with the split's captions and judged per attribute by the classifier (on the
+shapes ``heldout`` split: attribute combinations never seen in training).
 
     python scripts/evaluate.py --ckpt logs/<ddpm run> --classifier logs/<classifier run> \\
         --sampler dpmpp:20 ddim:50 ddpm:1000 --scale 3 --n_samples 1000 --out results/ddpm.json
+    python scripts/evaluate.py --ckpt logs/<ldm run> --classifier logs/<classifier_cnn_shapes run> \
+        --split heldout --sampler dpmpp:20 --scale 1 3 5 7.5 --n_samples 500
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -37,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classifier", help="classifier run whose features define FID/KID and judge labels")
     parser.add_argument("--features", choices=["classifier", "inception"], default="classifier")
     parser.add_argument("--sampler", nargs="*", default=["dpmpp:20"], help="NAME:STEPS for diffusion models")
-    parser.add_argument("--scale", type=float, default=1.0, help="classifier-free guidance scale")
+    parser.add_argument("--scale", type=float, nargs="+", default=[1.0],
+                        help="classifier-free guidance scale(s): one row per sampler and scale")
     parser.add_argument("--n_samples", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=250)
     parser.add_argument("--k", type=int, default=256, help="importance samples for a VAE's log-likelihood")
@@ -72,15 +78,15 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
     if args.features == "classifier" and not args.classifier:
         raise SystemExit("evaluate.py: error: --classifier RUN is needed for FID on project features")
     extractor = build_feature_extractor(args.features, args.classifier).to(args.device)
-    settings = args.sampler if hasattr(model, "schedule") else [None]
+    settings = itertools.product(args.sampler, args.scale) if hasattr(model, "schedule") else [None]
     rows = []
     for setting in settings:
         kwargs: dict = {}
         row: dict = {}
         if setting is not None:
-            name, _, steps = setting.partition(":")
-            kwargs = {"sampler": name, "steps": int(steps) if steps else None, "scale": args.scale}
-            row = {"sampler": name, "steps": kwargs["steps"], "scale": args.scale}
+            (name, _, steps), scale = setting[0].partition(":"), setting[1]
+            kwargs = {"sampler": name, "steps": int(steps) if steps else None, "scale": scale}
+            row = {"sampler": name, "steps": kwargs["steps"], "scale": scale}
         start = time.perf_counter()
         results = evaluate_samples(model, extractor, dataset, key, args.n_samples, args.batch_size, seed=args.seed,
                                    **kwargs)

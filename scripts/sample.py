@@ -9,7 +9,6 @@ Diffusion options (--sampler --steps --eta --scale) apply to diffusion runs only
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import json
 import sys
@@ -21,12 +20,12 @@ from tqdm import tqdm
 from pixelforge.diffusion.samplers import SAMPLERS
 from pixelforge.run import load_run_or_exit
 from pixelforge.utils.images import grid, save_png, to_uint8
+from pixelforge.utils.scripts import add_run_arguments, autocast, best_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="a run directory or a checkpoint inside one")
-    parser.add_argument("--config", help="config to build the model from (default: the run's configs/config.yaml)")
+    add_run_arguments(parser)
     parser.add_argument("--n_samples", type=int, default=16, help="images to generate (per class with all classes)")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp", help="diffusion sampler")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (diffusion)")
@@ -35,23 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--class_label", default=None,
                         help="class to generate (int), or key=value,... for several label keys; "
                              "omitted for a conditional model: one row per class")
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--outdir", default="outputs/samples")
-    parser.add_argument("--precision", choices=["full", "autocast"], default="full")
-    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
-                        help="sample with the EMA weights (--no-use_ema: the live weights)")
-    parser.add_argument("--no-ema", dest="use_ema", action="store_false", help="the same as --no-use_ema")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     return parser.parse_args(argv)
-
-
-def best_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def requested_labels(model, class_label: str | None, n: int, seed: int) -> tuple[torch.Tensor | None, int]:
@@ -115,10 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     total = len(labels) if labels is not None else args.n_samples
     generator = torch.Generator(device).manual_seed(args.seed)
     sample_kwargs = sampling_options(model, args)
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    autocast = torch.autocast(device.type, dtype=dtype) if args.precision == "autocast" else contextlib.nullcontext()
     images = []
-    with autocast, tqdm(total=total, desc="sampling", unit="img") as bar:
+    with autocast(device, args.precision), tqdm(total=total, desc="sampling", unit="img") as bar:
         for start in range(0, total, args.batch_size):
             count = min(args.batch_size, total - start)
             chunk = labels[start:start + count].to(device) if labels is not None else None

@@ -80,3 +80,12 @@ def write_fake_dataset(name: str, root: Path) -> None:
         "celeba": lambda: write_celeba(root),
     }
     writers[name]()
+
+
+def write_captioned_images(root: Path, count: int = 12, size: int = 64) -> None:
+    """``count`` random PNGs with same-stem ``.txt`` captions: an image-caption folder."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+        (root / f"{i:03d}.txt").write_text(f"a photo number {i}")

@@ -1,4 +1,5 @@
-"""Every experiment config composes and trains for two steps, downloadable datasets replaced by tiny stand-ins."""
+"""Every experiment config composes and trains for two steps, downloadable datasets replaced by tiny stand-ins;
+a latent-diffusion recipe first trains its first-stage experiment the same way, through the real reuse logic."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_data import write_fake_dataset
+from fake_data import write_captioned_images, write_fake_dataset
+from omegaconf import DictConfig
 
 from pixelforge.cli import compose_config, experiments, parse
 from pixelforge.run import run
+from pixelforge.stages import resolve_first_stage
 
 SMOKE = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
          "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
@@ -17,20 +20,40 @@ SMOKE = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_te
          "data.pin_memory=false", "callbacks.image_logger.every_n_steps=1", "callbacks.progress_bar=null"]
 
 
-@pytest.mark.parametrize("experiment", experiments())
-def test_experiment_trains_two_steps(experiment: str, tmp_path: Path, no_md5: None) -> None:
-    overrides = [f"experiment={experiment}", *SMOKE]
-    cfg = compose_config(*parse(overrides))
+def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
+    """Overrides that point a recipe needing downloaded or user data at tiny data written here (once: a latent
+    diffusion recipe and its first stage share it)."""
     target = cfg.data.dataset._target_
     if target.endswith("TorchvisionDataset"):
-        write_fake_dataset(cfg.data.dataset.name, tmp_path / "data")
-        overrides.append(f"paths.data_dir={tmp_path / 'data'}")
-    elif "root" in cfg.data.dataset:
-        pytest.fail(f"{experiment}: add a stand-in for {target} to tests/conftest.py")
+        root = tmp_path / "data" / cfg.data.dataset.name
+        if not root.exists():
+            write_fake_dataset(cfg.data.dataset.name, root)
+        return [f"paths.data_dir={root}"]
+    if target.endswith("ImageTextFolderDataset"):
+        if not (tmp_path / "folder").exists():
+            write_captioned_images(tmp_path / "folder")
+        return [f"data.dataset.root={tmp_path / 'folder'}", "data.image_size=64"]
+    if "root" in cfg.data.dataset:
+        pytest.fail(f"add a stand-in for {target} to tests/test_experiments.py")
+    return []
+
+
+def smoke_config(overrides: list[str], tmp_path: Path) -> DictConfig:
+    """The two-step config of ``overrides`` with stand-in data."""
+    cfg = compose_config(*parse(overrides))
+    overrides = [*overrides, *stand_in(cfg, tmp_path), *SMOKE]
     if "log_sampler" in cfg.model:
         overrides.append("model.log_sampler.steps=2")
-    metrics = run(compose_config(*parse(["-t", "-l", str(tmp_path / "logs"), *overrides])))
-    (run_dir,) = (tmp_path / "logs").iterdir()
+    return compose_config(*parse(["-t", *overrides]))
+
+
+@pytest.mark.parametrize("experiment", experiments())
+def test_experiment_trains_two_steps(experiment: str, tmp_path: Path, no_md5: None) -> None:
+    logdir = tmp_path / "logs"
+    cfg = smoke_config([f"experiment={experiment}", "-l", str(logdir)], tmp_path)
+    resolve_first_stage(cfg, lambda first: smoke_config(first, tmp_path))
+    metrics = run(cfg)
+    run_dir = Path(cfg.run_dir)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert list((run_dir / "images" / "train").glob("*.png"))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pixelforge.run import check_runnable, find_checkpoint, run
+from pixelforge.stages import resolve_first_stage
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_GROUPS = frozenset(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())  # data, model, trainer ...
@@ -222,6 +223,7 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             print(OmegaConf.to_yaml(cfg, resolve=True))
             return 0
         check_runnable(cfg)
+        resolve_first_stage(cfg, lambda first: compose_config(parse([])[0], first))
     except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from pixelforge.callbacks.checkpointing import AtomicCheckpointIO
 from pixelforge.utils.printing import print_banner
 
 RUN_DIR_ENV = "PIXELFORGE_RUN_DIR"
+FINISHED = "finished"  # written into a run directory when its training completes (not when interrupted)
 
 
 def is_child_process() -> bool:
@@ -178,6 +179,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if cfg.train:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path if cfg.resume else None,
                         weights_only=True)
+            if not trainer.interrupted and trainer.is_global_zero:
+                (run_dir / FINISHED).write_text(f"global_step {trainer.global_step}\n")
         if cfg.test and not trainer.interrupted:
             results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint_to_test(cfg, trainer),
                                    weights_only=True)

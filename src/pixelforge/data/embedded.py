@@ -56,8 +56,15 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return np.round(digits.images * (255.0 / 16.0)).astype(np.uint8), digits.target.astype(np.int64)
 
 
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
 class EmbeddedDigits(Dataset):
-    """A labelled digit set held in memory as uint8 ``N,1,H,W``; subclasses load the raw arrays."""
+    """A labelled digit set held in memory as uint8 ``N,1,H,W``; subclasses load the raw arrays.
+
+    ``caption_template`` (e.g. ``"a handwritten {name}"``; ``{digit}`` gives "7") adds a ``caption`` to every
+    item, for text-to-image training on real digits.
+    """
 
     channels = 1
     num_classes = 10
@@ -72,8 +79,15 @@ class EmbeddedDigits(Dataset):
         resize_mode: str = "resize",
         fractions: Sequence[float] = (0.8, 0.1, 0.1),
         split_seed: int = 0,
+        caption_template: str | None = None,
     ) -> None:
         check_split(split, SPLITS)
+        if caption_template is not None:
+            try:
+                caption_template.format(name="seven", digit="7")
+            except (KeyError, IndexError) as error:
+                raise ValueError(f"caption_template {caption_template!r} may use only {{name}} and {{digit}}") \
+                    from error
         if not 8 <= image_size <= 512:
             raise ValueError(f"image_size must be between 8 and 512, got {image_size}")
         images, labels = self.load()
@@ -83,6 +97,11 @@ class EmbeddedDigits(Dataset):
         self.images = _fit_size(torch.from_numpy(images[keep]).unsqueeze(1), image_size, resize_mode)
         self.labels = torch.from_numpy(labels[keep]).long()
         self.transform = transform or build_transform()
+        self.caption_template = caption_template
+
+    def caption(self, label: int) -> str:
+        """The caption of a digit: ``caption_template`` filled with its name and numeral."""
+        return self.caption_template.format(name=DIGIT_NAMES[label], digit=str(label))
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """Return all images as uint8 ``N,h,w`` and labels as int ``N``."""
@@ -92,7 +111,11 @@ class EmbeddedDigits(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.transform(self.images[index]), "label": int(self.labels[index])}
+        label = int(self.labels[index])
+        item = {"image": self.transform(self.images[index]), "label": label}
+        if self.caption_template is not None:
+            item["caption"] = self.caption(label)
+        return item
 
 
 class MNIST5k(EmbeddedDigits):

@@ -18,15 +18,27 @@ def real_batches(dataset: Dataset, batch_size: int = 500) -> Iterable[torch.Tens
         yield batch["image"]
 
 
-def dataset_labels(dataset: Dataset, keys: list[str], n: int, seed: int = 0) -> torch.Tensor | None:
-    """``n`` label rows drawn (with a fixed seed) from the dataset's own labels, so conditional samples follow the
-    real class distribution; ``B`` for one key, ``B,K`` for several, None for no keys."""
-    if not keys:
-        return None
+def dataset_conditions(dataset: Dataset, n: int, label_keys: list[str], prompt_key: str | None = None,
+                       seed: int = 0) -> tuple[torch.Tensor | None, list[str] | None]:
+    """Labels (``B`` for one key, ``B,K`` for several, None for none) and prompts of ``n`` items drawn with a fixed
+    seed from ``dataset``, so conditional samples follow the real distribution of classes and captions."""
     index = torch.randint(len(dataset), (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-    rows = [[int(dataset[i][key]) for key in keys] for i in index]
-    labels = torch.tensor(rows)
-    return labels[:, 0] if len(keys) == 1 else labels
+    items = [dataset[i] for i in index] if label_keys or prompt_key else []
+    prompts = [item[prompt_key] for item in items] if prompt_key else None
+    if not label_keys:
+        return None, prompts
+    labels = torch.tensor([[int(item[key]) for key in label_keys] for item in items])
+    return (labels[:, 0] if len(label_keys) == 1 else labels), prompts
+
+
+def judged_keys(model: nn.Module, extractor: nn.Module, dataset: Dataset) -> tuple[list[str], str | None]:
+    """(label keys the samples are judged on, prompt key or None): a text-conditioned model is judged on every
+    attribute its captions state that the extractor's classifier predicts; a class-conditional one on its labels."""
+    if not getattr(model, "crossattn", False):
+        return list(getattr(model, "cond_keys", [])), None
+    targets = getattr(getattr(extractor, "classifier", None), "targets", {})
+    item = dataset[0]
+    return [key for key in targets if key in item], model.cond_stage_key
 
 
 @torch.no_grad()
@@ -46,17 +58,21 @@ def evaluate_samples(
 
     Real features are cached in ``cache_dir`` (default: ``default_cache_dir()``). Returns ``fid``, ``kid`` (and
     its std), and for conditional models ``cond_acc`` (share of samples the extractor's classifier labels as
-    requested; with several keys, all of them right) plus one per key.
+    requested; with several keys, all of them right) plus one per key. Text-conditioned models are prompted with
+    the captions of drawn items and judged on those items' labels (e.g. the shapes attributes).
     """
     device = next(model.parameters()).device
-    keys = list(getattr(model, "cond_keys", []))
-    labels = dataset_labels(dataset, keys, n_samples, seed)
+    keys, prompt_key = judged_keys(model, extractor, dataset)
+    labels, prompts = dataset_conditions(dataset, n_samples, keys, prompt_key, seed)
     generator = torch.Generator(device).manual_seed(seed)
     fakes = []
     for start in range(0, n_samples, batch_size):
         count = min(batch_size, n_samples - start)
-        chunk = labels[start:start + count].to(device) if labels is not None else None
-        fakes.append(model.sample(count, labels=chunk, generator=generator, **sample_kwargs).cpu())
+        if prompts is not None:
+            condition = {"prompts": prompts[start:start + count]}
+        else:
+            condition = {"labels": labels[start:start + count].to(device) if labels is not None else None}
+        fakes.append(model.sample(count, generator=generator, **condition, **sample_kwargs).cpu())
     fake = torch.cat(fakes)
     real_features = cached_real_features(extractor, dataset_key, real_batches(dataset),
                                          Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),

@@ -45,7 +45,7 @@ class DDPM(L.LightningModule):
         clip_denoised: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "scheduler", "cond_stage"])
         self.unet = unet
         self.schedule = schedule
         self.optimizer = optimizer
@@ -91,18 +91,34 @@ class DDPM(L.LightningModule):
         null = self.null_labels(len(y))
         return torch.where(drop.view(-1, *([1] * (y.dim() - 1))), null, y)
 
+    def condition(self, batch: Mapping[str, Any], net: nn.Module, drop: bool) -> dict[str, Any]:
+        """The network's keyword conditioning for ``batch`` (labels as ``y``), dropped for guidance when ``drop``."""
+        y = self.labels(batch)
+        return {"y": self.drop_labels(y) if drop else y} if y is not None else {}
+
+    # ---- what the diffusion runs on: pixels here, latents in LatentDiffusion ------------------------------
+    def diffusion_input(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """x0 of the forward process for ``batch``: the images themselves."""
+        return batch["image"]
+
+    def sample_shape(self, n: int) -> tuple[int, ...]:
+        """Shape of the initial noise for ``n`` samples."""
+        return (n, self.channels, self.image_size, self.image_size)
+
+    def network(self, use_ema: bool = True) -> nn.Module:
+        """The EMA (default) or the live denoising network."""
+        return self.ema.module if use_ema and self.ema is not None else self.unet
+
     # ---- training -----------------------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, Any], net: nn.Module, drop: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample diffusion loss at random timesteps, and those timesteps."""
-        x0 = batch["image"]
+        x0 = self.diffusion_input(batch)
         t = torch.randint(0, self.schedule.num_timesteps, (len(x0),), device=x0.device)
         if self.offset_noise_strength > 0:
             noise = offset_noise(x0.shape, self.offset_noise_strength, device=x0.device).to(x0.dtype)
         else:
             noise = torch.randn_like(x0)
-        y = self.labels(batch)
-        y = self.drop_labels(y) if drop else y
-        pred = net(self.schedule.q_sample(x0, t, noise), t, y=y)
+        pred = net(self.schedule.q_sample(x0, t, noise), t, **self.condition(batch, net, drop))
         target = self.schedule.target(x0, noise, t, self.prediction_type)
         loss = diffusion_loss(pred, target, t, self.schedule, self.loss_type, self.min_snr_gamma,
                               self.prediction_type)
@@ -111,7 +127,8 @@ class DDPM(L.LightningModule):
     def log_loss(self, loss: torch.Tensor, t: torch.Tensor, split: str) -> None:
         """Mean loss, and the loss per quartile of t so a user sees where the model struggles."""
         on_step = split == "train"
-        self.log(f"{split}/loss", loss.mean(), prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=not on_step)
+        self.log(f"{split}/loss", loss.mean(), prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=not on_step,
+                 batch_size=len(loss))
         buckets = timestep_buckets(t, self.schedule.num_timesteps, 4)
         for b in range(4):
             mask = buckets == b
@@ -129,11 +146,11 @@ class DDPM(L.LightningModule):
             self.ema.update(self.unet)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        loss, t = self.loss(batch, self.ema.module if self.ema is not None else self.unet, drop=False)
+        loss, t = self.loss(batch, self.network(), drop=False)
         self.log_loss(loss, t, "val")
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        loss, t = self.loss(batch, self.ema.module if self.ema is not None else self.unet, drop=False)
+        loss, t = self.loss(batch, self.network(), drop=False)
         self.log_loss(loss, t, "test")
 
     def configure_optimizers(self) -> dict:
@@ -142,9 +159,51 @@ class DDPM(L.LightningModule):
 
     # ---- sampling -----------------------------------------------------------------------------------------
     def denoiser(self, use_ema: bool = True) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
-        """``(x_t, t, labels) -> prediction`` over the EMA (default) or the live weights."""
-        net = self.ema.module if use_ema and self.ema is not None else self.unet
-        return lambda x, t, cond: net(x, t, y=cond)
+        """``(x_t, t, cond) -> prediction`` over the EMA (default) or the live weights; ``cond`` is a keyword dict."""
+        net = self.network(use_ema)
+        return lambda x, t, cond: net(x, t, **cond)
+
+    @torch.no_grad()
+    def run_sampler(
+        self,
+        noise: torch.Tensor,
+        cond: dict[str, Any],
+        uncond: dict[str, Any] | None = None,
+        sampler: str = "ddim",
+        steps: int | None = 50,
+        scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        callback: Callable | None = None,
+        progress: bool = False,
+        strength: float | None = None,
+        init: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        **sampler_kwargs: Any,
+    ) -> torch.Tensor:
+        """Run a registered sampler from ``noise`` under ``cond``, guided against ``uncond`` when ``scale`` != 1.
+
+        With ``init`` (clean data in the diffusion's space) and ``strength`` the sampler starts from ``init``
+        re-noised part way (img2img); with ``init`` and ``mask`` (1 = keep ``init``) it inpaints the rest.
+        """
+        model = self.denoiser(use_ema)
+        if scale != 1.0:
+            if uncond is None:
+                raise ValueError(f"guidance scale {scale} needs a conditional model and a condition; this one has "
+                                 "none (use scale 1)")
+            model = ClassifierFreeGuidance(model, scale, uncond)
+        clip = 1.0 if self.clip_denoised else None
+        chosen = build_sampler(sampler, self.schedule, self.prediction_type, steps, clip_x0=clip, **sampler_kwargs)
+        start = 0
+        if strength is not None:
+            if init is None:
+                raise ValueError("strength needs an initial image (init)")
+            start = chosen.start_index(strength)
+            t = chosen.timesteps()[start].to(noise.device).expand(len(noise))
+            noise = self.schedule.q_sample(init, t, noise)
+        known = init if mask is not None else None
+        return chosen.sample(model, noise, cond=cond, generator=generator, callback=callback, progress=progress,
+                             start=start, known=known, mask=mask)
 
     @torch.no_grad()
     def sample(
@@ -167,19 +226,16 @@ class DDPM(L.LightningModule):
         initial latent for reproducibility; otherwise it is drawn from ``generator``.
         """
         if noise is None:
-            count = n if n is not None else len(labels)
-            shape = (count, self.channels, self.image_size, self.image_size)
-            noise = torch.randn(shape, generator=generator, device=self.device)
+            noise = torch.randn(self.sample_shape(n if n is not None else len(labels)), generator=generator,
+                                device=self.device)
         if self.cond_keys and labels is None:
             labels = self.null_labels(len(noise))
-        model = self.denoiser(use_ema)
-        if labels is not None and scale != 1.0:
-            model = ClassifierFreeGuidance(model, scale, self.null_labels(len(noise)))
-        elif labels is None and scale != 1.0:
+        if labels is None and scale != 1.0:
             raise ValueError(f"guidance scale {scale} needs labels; this model is unconditional")
-        clip = 1.0 if self.clip_denoised else None
-        chosen = build_sampler(sampler, self.schedule, self.prediction_type, steps, clip_x0=clip, **sampler_kwargs)
-        x = chosen.sample(model, noise, cond=labels, generator=generator, callback=callback, progress=progress)
+        cond = {"y": labels} if labels is not None else {}
+        uncond = {"y": self.null_labels(len(noise))} if labels is not None else None
+        x = self.run_sampler(noise, cond, uncond, sampler, steps, scale, generator, use_ema, callback, progress,
+                             **sampler_kwargs)
         return x.clamp(-1, 1)
 
     @torch.no_grad()

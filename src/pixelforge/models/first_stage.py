@@ -114,6 +114,7 @@ class FirstStageModel(L.LightningModule):
         self.quant_conv = nn.Conv2d(moments * config["z_channels"], moments * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, config["z_channels"], 1)
         self.embed_dim = embed_dim
+        self.in_channels = channels
         self.downsample_factor = 2 ** (len(config["ch_mult"]) - 1)
         if image_size % self.downsample_factor:
             raise ValueError(f"image_size {image_size} is not divisible by the downsample factor "

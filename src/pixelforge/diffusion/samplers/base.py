@@ -67,14 +67,26 @@ class Sampler(ABC):
         generator: torch.Generator | None = None,
         callback: StepCallback | None = None,
         progress: bool = False,
+        start: int = 0,
+        known: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        """Denoise ``noise`` (x_T) to x_0; ``callback(i, x_t, x0_pred)`` sees each step's input and its x0 estimate."""
+        """Denoise ``noise`` (x_T) to x_0; ``callback(i, x_t, x0_pred)`` sees each step's input and its x0 estimate.
+
+        ``start`` > 0 skips the first steps: ``noise`` is then x at ``timesteps()[start]`` (img2img, SDEdit).
+        With ``known`` clean data and ``mask`` (1 = keep ``known``), the kept region is replaced after every step
+        by ``known`` diffused to that step's noise level (inpainting by blending, as CompVis's samplers do).
+        """
+        if not 0 <= start < self.steps:
+            raise ValueError(f"start={start} must be in [0, {self.steps}) for {self.steps} steps")
+        if (known is None) != (mask is None):
+            raise ValueError("inpainting needs both known and mask (1 = keep known), or neither")
         timesteps = self.timesteps().to(noise.device)
         # alpha_bar at each visited step, then 1 for the clean data the last step lands on
         alphas_cumprod = self.schedule.alphas_cumprod.to(noise.device)
         abar = torch.cat([alphas_cumprod[timesteps], alphas_cumprod.new_ones(1)])
         x, prev_x0 = noise, None
-        for i in tqdm(range(self.steps), desc=type(self).__name__, disable=not progress, leave=False):
+        for i in tqdm(range(start, self.steps), desc=type(self).__name__, disable=not progress, leave=False):
             alpha, sigma = abar[i].sqrt(), (1 - abar[i]).sqrt()
             pred = model(x, timesteps[i].expand(len(x)), cond)
             x0 = x0_from_prediction(pred, x, alpha, sigma, self.prediction_type)
@@ -86,8 +98,22 @@ class Sampler(ABC):
             if callback is not None:
                 callback(i, x, x0)
             x = self.step(i, x, x0, eps, abar, prev_x0, generator)
+            if known is not None:
+                x = torch.lerp(x, self.diffuse(known, abar[i + 1], generator), mask)
             prev_x0 = x0
         return x
+
+    @staticmethod
+    def diffuse(x0: Tensor, abar: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Sample q(x_t | x0) at the noise level ``abar`` (alpha_bar_t) with noise drawn from ``generator``."""
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def start_index(self, strength: float) -> int:
+        """The step img2img starts from: ``strength`` 1 re-noises fully (step 0), small values keep the input."""
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        return self.steps - max(1, round(strength * self.steps))
 
     @abstractmethod
     def step(
