@@ -1,5 +1,8 @@
-"""Every experiment config composes and trains for two steps, downloadable datasets replaced by tiny stand-ins;
-a latent-diffusion recipe first trains its first-stage experiment the same way, through the real reuse logic."""
+"""Every experiment config composes and trains for two steps, downloadable datasets replaced by tiny stand-ins.
+
+All runs share one log directory, so a latent-diffusion recipe reuses the two-step run of its first-stage
+experiment (or trains one first when run alone) through the real reuse logic of ``main.py``.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
     if target.endswith("ImageTextFolderDataset"):
         if not (tmp_path / "folder").exists():
             write_captioned_images(tmp_path / "folder")
-        return [f"data.dataset.root={tmp_path / 'folder'}", "data.image_size=64"]
+        return [f"data.dataset.root={tmp_path / 'folder'}", "data.image_size=32"]
     if "root" in cfg.data.dataset:
         pytest.fail(f"add a stand-in for {target} to tests/test_experiments.py")
     return []
@@ -47,11 +50,16 @@ def smoke_config(overrides: list[str], tmp_path: Path) -> DictConfig:
     return compose_config(*parse(["-t", *overrides]))
 
 
+@pytest.fixture(scope="module")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stand-in data and log directory shared by all experiments of this module."""
+    return tmp_path_factory.mktemp("experiments")
+
+
 @pytest.mark.parametrize("experiment", experiments())
-def test_experiment_trains_two_steps(experiment: str, tmp_path: Path, no_md5: None) -> None:
-    logdir = tmp_path / "logs"
-    cfg = smoke_config([f"experiment={experiment}", "-l", str(logdir)], tmp_path)
-    resolve_first_stage(cfg, lambda first: smoke_config(first, tmp_path))
+def test_experiment_trains_two_steps(experiment: str, shared_dir: Path, no_md5: None) -> None:
+    cfg = smoke_config([f"experiment={experiment}", "-l", str(shared_dir / "logs")], shared_dir)
+    resolve_first_stage(cfg, lambda first: smoke_config(first, shared_dir))
     metrics = run(cfg)
     run_dir = Path(cfg.run_dir)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)

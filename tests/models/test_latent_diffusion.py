@@ -10,6 +10,7 @@ import torch
 
 from pixelforge.diffusion.schedule import NoiseSchedule
 from pixelforge.models.latent_diffusion import LatentDiffusion
+from pixelforge.modules.conditioning import coordinates
 from pixelforge.modules.encoders import TransformerTextEncoder, WordTokenizer
 from pixelforge.modules.unet import UNetModel
 
@@ -177,3 +178,12 @@ def test_img2img_and_inpainting() -> None:
     assert (painted[..., 4:] - latents[..., 4:]).abs().mean() > 0.1
     with pytest.raises(ValueError, match="strength must be in"):
         model.sample(prompts=prompts, steps=5, init_images=init, strength=1.5)
+
+
+def test_coordinate_channels() -> None:
+    maps = coordinates(torch.zeros(2, 4, 3, 5))
+    assert maps.shape == (2, 2, 3, 5)
+    assert maps[0, 0, 0].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0] and maps[0, 1, :, 0].tolist() == [-1.0, 0.0, 1.0]
+    model = tiny_ldm(in_channels=4, coord_channels=True)
+    loss, _ = model.loss({"image": images(2), "caption": ["a red circle"] * 2}, model.unet, drop=True)
+    assert torch.isfinite(loss).all()

@@ -53,6 +53,7 @@ class LatentDiffusion(DDPM):
     condition is replaced by the unconditional one (empty prompt, null label) with probability ``ucg_rate``, so
     classifier-free guidance works. ``scale_by_std`` sets ``scale_factor`` to 1/std of the first training batch's
     latents (CompVis) and the checkpoint keeps it. The first stage is frozen, in eval mode and in the checkpoint.
+    ``coord_channels`` gives the U-Net two coordinate maps as extra inputs (see ``ConditionedUNet``).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class LatentDiffusion(DDPM):
         scale_by_std: bool = True,
         sample_posterior: bool = True,
         image_size: int = 32,
+        coord_channels: bool = False,
         **ddpm_kwargs: Any,
     ) -> None:
         if conditioning_key not in CONDITIONING_KEYS:
@@ -87,7 +89,7 @@ class LatentDiffusion(DDPM):
         if image_size % stage.downsample_factor:
             raise ValueError(f"image_size {image_size} is not divisible by the first stage's factor "
                              f"{stage.downsample_factor}")
-        super().__init__(ConditionedUNet(unet, cond_stage), image_size=image_size, channels=stage.embed_dim,
+        super().__init__(ConditionedUNet(unet, cond_stage, coord_channels), image_size=image_size, channels=stage.embed_dim,
                          cond_drop_prob=ucg_rate, **ddpm_kwargs)
         self.first_stage = stage
         self.crossattn = crossattn

@@ -8,17 +8,28 @@ import torch
 from torch import nn
 
 
+def coordinates(x: torch.Tensor) -> torch.Tensor:
+    """B,2,H,W maps of the x and y coordinate of each position, from -1 (left/top) to 1 (right/bottom)."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(h, 1).expand(h, w)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, w).expand(h, w)
+    return torch.stack([xs, ys]).expand(b, -1, -1, -1)
+
+
 class ConditionedUNet(nn.Module):
     """U-Net plus its ``cond_stage`` encoder (text or class embedder) and optional concatenated spatial inputs.
 
     Holding the encoder here puts a trainable one in the same optimizer and EMA as the U-Net (a frozen pretrained
     encoder has no parameters and is neither). ``encode`` turns raw conditions into the keyword dict ``forward``
     takes: ``context``/``context_mask`` for cross-attention, ``y`` for class labels, ``concat`` for B,C,h,w maps
-    joined to the input channels.
+    joined to the input channels. ``coord_channels`` appends two maps of the normalised x and y coordinates
+    (CoordConv, Liu et al. 2018; the U-Net then takes 2 more input channels): convolutions and attention are blind
+    to absolute position, which prompts such as "in the top left" name.
     """
 
-    def __init__(self, unet: nn.Module, cond_stage: nn.Module | None = None) -> None:
+    def __init__(self, unet: nn.Module, cond_stage: nn.Module | None = None, coord_channels: bool = False) -> None:
         super().__init__()
+        self.coord_channels = coord_channels
         if cond_stage is not None and getattr(unet, "context_dim", None) != cond_stage.dim:
             raise ValueError(f"the U-Net's context_dim ({getattr(unet, 'context_dim', None)}) must equal the "
                              f"condition encoder's dim ({cond_stage.dim})")
@@ -44,6 +55,9 @@ class ConditionedUNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, concat: torch.Tensor | None = None,
                 **cond: torch.Tensor | None) -> torch.Tensor:
         """Predict for ``x`` at ``t``; ``concat`` joins the input channels, ``cond`` goes to the U-Net."""
+        inputs = [x]
         if concat is not None:
-            x = torch.cat([x, concat.to(x.dtype)], dim=1)
-        return self.unet(x, t, **cond)
+            inputs.append(concat.to(x.dtype))
+        if self.coord_channels:
+            inputs.append(coordinates(x))
+        return self.unet(torch.cat(inputs, dim=1) if len(inputs) > 1 else x, t, **cond)
