@@ -89,8 +89,8 @@ class LatentDiffusion(DDPM):
         if image_size % stage.downsample_factor:
             raise ValueError(f"image_size {image_size} is not divisible by the first stage's factor "
                              f"{stage.downsample_factor}")
-        super().__init__(ConditionedUNet(unet, cond_stage, coord_channels), image_size=image_size, channels=stage.embed_dim,
-                         cond_drop_prob=ucg_rate, **ddpm_kwargs)
+        super().__init__(ConditionedUNet(unet, cond_stage, coord_channels), image_size=image_size,
+                         channels=stage.embed_dim, cond_drop_prob=ucg_rate, **ddpm_kwargs)
         self.first_stage = stage
         self.crossattn = crossattn
         self.conditioning_key = conditioning_key
