@@ -25,14 +25,15 @@ FIRST_STAGE = {
 WORDS = ["a", "red", "blue", "circle", "square"]
 
 
-def tiny_ldm(conditioning_key: str | None = "crossattn", in_channels: int = 2, **kwargs) -> LatentDiffusion:
+def tiny_ldm(conditioning_key: str | None = "crossattn", in_channels: int = 2, first_stage: dict | None = None,
+             **kwargs) -> LatentDiffusion:
     crossattn = conditioning_key in ("crossattn", "hybrid")
     unet = UNetModel(in_channels, 2, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                      attention_resolutions=(1, 2), num_heads=2, num_groups=8, context_dim=16 if crossattn else None,
                      num_classes=3 if conditioning_key == "class" else None)
     encoder = TransformerTextEncoder(WordTokenizer(WORDS, max_length=6), dim=16, depth=1, heads=2) if crossattn \
         else None
-    return LatentDiffusion(unet, {"config": FIRST_STAGE}, encoder, conditioning_key=conditioning_key,
+    return LatentDiffusion(unet, first_stage or {"config": FIRST_STAGE}, encoder, conditioning_key=conditioning_key,
                            schedule=NoiseSchedule("linear", 100),
                            optimizer=partial(torch.optim.Adam, lr=2e-3), image_size=16, ema={"decay": 0.9},
                            clip_denoised=False, **kwargs)
@@ -187,3 +188,12 @@ def test_coordinate_channels() -> None:
     model = tiny_ldm(in_channels=4, coord_channels=True)
     loss, _ = model.loss({"image": images(2), "caption": ["a red circle"] * 2}, model.unet, drop=True)
     assert torch.isfinite(loss).all()
+
+
+def test_vq_first_stage() -> None:
+    vq = {**FIRST_STAGE, "_target_": "pixelforge.models.vq.VQModel", "n_embed": 16}
+    model = tiny_ldm(first_stage={"config": vq})
+    assert type(model.first_stage).__name__ == "VQModel"
+    loss, _ = model.loss({"image": images(2), "caption": ["a red circle"] * 2}, model.unet, drop=True)
+    assert torch.isfinite(loss).all()
+    assert model.sample(prompts=["a red circle"], steps=2, scale=2.0).shape == (1, 3, 16, 16)

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ldm_runs import FAST as TRAIN_FAST
 from ldm_runs import train_tiny_ldm
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 from runner import script
 
-from pixelforge.run import load_run
+from pixelforge.cli import compose_config, parse
+from pixelforge.run import load_run, run
 from pixelforge.utils.scripts import load_image
 
 FAST = ("--ddim_steps", "2", "--n_samples", "2")
@@ -162,3 +164,19 @@ def test_img2img_rejects_bad_strength_and_unreadable_images(runs: dict[str, Path
     unreadable = script("img2img.py", "--ckpt", str(runs["ldm"]), "--init-img", str(tmp_path / "broken.png"),
                         "--outdir", str(tmp_path))
     assert unreadable.returncode == 2 and "cannot read image" in unreadable.stderr
+
+
+def test_evaluate_judges_prompts_per_attribute(runs: dict[str, Path], tmp_path: Path) -> None:
+    run(compose_config(*parse(["-t", "--no-test", "-l", str(tmp_path / "judge"), "experiment=classifier_cnn_shapes",
+                               "data.image_size=16", "data.dataset.num_samples=16", *TRAIN_FAST])))
+    (judge,) = (tmp_path / "judge").iterdir()
+    out = tmp_path / "eval.json"
+    result = script("evaluate.py", "--ckpt", str(runs["ldm"]), "--classifier", str(judge), "--split", "heldout",
+                    "--sampler", "dpmpp:2", "--scale", "1", "3", "--n_samples", "6", "--batch_size", "6",
+                    "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["scale"] for row in rows] == [1.0, 3.0]
+    for row in rows:
+        assert {f"cond_acc/{key}" for key in ("shape", "color", "size", "position")} <= set(row)
+        assert 0 <= row["cond_acc"] <= min(row[f"cond_acc/{key}"] for key in ("shape", "color", "size", "position"))
