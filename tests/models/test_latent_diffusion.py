@@ -10,7 +10,7 @@ import torch
 
 from pixelforge.diffusion.schedule import NoiseSchedule
 from pixelforge.models.latent_diffusion import LatentDiffusion
-from pixelforge.modules.conditioning import coordinates
+from pixelforge.modules.conditioning import ConditionedUNet, coordinates, masked_mean
 from pixelforge.modules.encoders import TransformerTextEncoder, WordTokenizer
 from pixelforge.modules.unet import UNetModel
 
@@ -197,3 +197,19 @@ def test_vq_first_stage() -> None:
     loss, _ = model.loss({"image": images(2), "caption": ["a red circle"] * 2}, model.unet, drop=True)
     assert torch.isfinite(loss).all()
     assert model.sample(prompts=["a red circle"], steps=2, scale=2.0).shape == (1, 3, 16, 16)
+
+
+def test_pooled_text_embedding_joins_the_timestep_embedding() -> None:
+    tokens, mask = torch.randn(2, 3, 4), torch.tensor([[True, True, False], [True, False, False]])
+    torch.testing.assert_close(masked_mean(tokens, mask), torch.stack([tokens[0, :2].mean(0), tokens[1, 0]]))
+    unet = UNetModel(2, 2, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                     num_heads=2, num_groups=8, context_dim=16, pooled_dim=16)
+    net = ConditionedUNet(unet, TransformerTextEncoder(WordTokenizer(WORDS, max_length=6), dim=16, depth=1, heads=2))
+    randomise(net)
+    cond = net.encode(["a red circle", "a blue square"])
+    assert cond["pooled"].shape == (2, 16)
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([10, 50])
+    with_pooled = net(x, t, **cond)
+    assert not torch.allclose(with_pooled, net(x, t, **{**cond, "pooled": torch.zeros_like(cond["pooled"])}))
+    with pytest.raises(ValueError, match="pooled missing"):
+        net(x, t, context=cond["context"], context_mask=cond["context_mask"])

@@ -16,6 +16,14 @@ def coordinates(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([xs, ys]).expand(b, -1, -1, -1)
 
 
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the real tokens (B,T,D) -> (B,D); ``mask`` (B,T bool, True = real) or None for all."""
+    if mask is None:
+        return tokens.mean(1)
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+
 class ConditionedUNet(nn.Module):
     """U-Net plus its ``cond_stage`` encoder (text or class embedder) and optional concatenated spatial inputs.
 
@@ -46,11 +54,15 @@ class ConditionedUNet(nn.Module):
         return self.unet.null_labels(batch_size, device)
 
     def encode(self, raw: Any) -> dict[str, torch.Tensor]:
-        """Cross-attention keywords for raw conditions (prompts, or labels for a class embedder)."""
+        """Cross-attention keywords for raw conditions (prompts, or labels for a class embedder), and the mean token
+        as ``pooled`` when the U-Net takes one."""
         if self.cond_stage is None:
             raise ValueError("this model has no cross-attention condition encoder (cond_stage)")
         context, mask = self.cond_stage(raw)
-        return {"context": context, "context_mask": mask}
+        cond = {"context": context, "context_mask": mask}
+        if getattr(self.unet, "pooled_dim", None) is not None:
+            cond["pooled"] = masked_mean(context, mask)
+        return cond
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, concat: torch.Tensor | None = None,
                 **cond: torch.Tensor | None) -> torch.Tensor:
