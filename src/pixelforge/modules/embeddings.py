@@ -10,26 +10,46 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """(B,) timesteps -> (B,dim) [cos(t·f_i), sin(t·f_i)], f_i = max_period^(-i/half); zero-padded if dim is odd."""
+def timestep_frequencies(
+    dim: int, max_period: float = 10000.0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The dim // 2 float32 frequencies f_i = max_period^(-i/half) of the sinusoidal timestep embedding."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=device) / half)
+
+
+def timestep_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10000.0, freqs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B,) timesteps -> (B,dim) [cos(t·f_i), sin(t·f_i)], f_i = max_period^(-i/half); zero-padded if dim is odd.
+
+    ``freqs`` passes precomputed ``timestep_frequencies(dim, max_period)`` on t's device, to skip rebuilding them.
+    """
+    if freqs is None:
+        freqs = timestep_frequencies(dim, max_period, t.device)
     angles = t.float()[:, None] * freqs[None]
     return F.pad(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1), (0, dim % 2))
 
 
 class TimestepEmbedding(nn.Module):
-    """Sinusoid -> Linear -> SiLU -> Linear: the learned timestep vector that conditions every residual block."""
+    """Sinusoid -> Linear -> SiLU -> Linear: the learned timestep vector that conditions every residual block.
+
+    The sinusoid's frequencies are computed once per device and kept as a plain attribute, not a buffer: they stay
+    float32 whatever the module's dtype and out of the state dict.
+    """
 
     def __init__(self, dim: int, embed_dim: int, max_period: float = 10000.0) -> None:
         super().__init__()
         self.dim = dim
         self.max_period = max_period
         self.mlp = nn.Sequential(nn.Linear(dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.freqs = timestep_frequencies(dim, max_period)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """Embed timesteps (B,) into (B, embed_dim)."""
-        features = timestep_embedding(t, self.dim, self.max_period)
+        if self.freqs.device != t.device:
+            self.freqs = self.freqs.to(t.device)
+        features = timestep_embedding(t, self.dim, self.max_period, self.freqs)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 

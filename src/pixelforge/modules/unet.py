@@ -21,6 +21,11 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+def pointwise(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv applied to (B,N,C_in) tokens as the linear layer it is: (B,N,C_out)."""
+    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+
+
 class Downsample(nn.Module):
     """Halve H and W by a stride-2 3x3 conv, or by 2x2 average pooling when ``use_conv`` is False."""
 
@@ -85,7 +90,7 @@ class ResBlock(nn.Module):
         e = rearrange(self.emb_proj(emb), "b c -> b c 1 1")
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = self.out_norm(h) * (1 + scale) + shift
+            h = torch.addcmul(shift, self.out_norm(h), 1 + scale)
         else:
             h = self.out_norm(h + e)
         return self.skip(x) + self.out_conv(self.dropout(F.silu(h)))
@@ -107,7 +112,11 @@ class AttentionBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Latent-diffusion transformer on a feature map: norm, 1x1 in, cross-attention blocks, zero-init 1x1 out."""
+    """Latent-diffusion transformer on a feature map: norm, 1x1 in, cross-attention blocks, zero-init 1x1 out.
+
+    The 1x1 convs keep their conv weights (checkpoints load unchanged) but run as linears on the (B,HW,C) tokens:
+    one matmul each instead of a convolution plus a layout change on either side.
+    """
 
     def __init__(
         self,
@@ -128,10 +137,10 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Condition ``x`` (B,C,H,W) on ``context`` (B,M,context_dim); ``context_mask`` (B,M bool, True = keep)."""
-        h = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")
+        h = pointwise(self.proj_in, rearrange(self.norm(x), "b c h w -> b (h w) c"))
         for block in self.blocks:
             h = block(h, context, context_mask)
-        return x + self.proj_out(rearrange(h, "b (h w) c -> b c h w", h=x.shape[2]))
+        return x + rearrange(pointwise(self.proj_out, h), "b (h w) c -> b c h w", h=x.shape[2])
 
 
 CHECKPOINTED = (ResBlock, AttentionBlock, SpatialTransformer)
@@ -194,6 +203,7 @@ class UNetModel(nn.Module):
         num_groups: int = 32,
         context_dim: int | None = None,
         transformer_depth: int = 1,
+        pooled_dim: int | None = None,
     ) -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
@@ -217,6 +227,9 @@ class UNetModel(nn.Module):
 
         self.time_embed = TimestepEmbedding(model_channels, emb_dim)
         self.label_embed = None if self.num_classes is None else LabelEmbedding(self.num_classes, emb_dim)
+        self.pooled_dim = pooled_dim
+        self.pooled_embed = None if pooled_dim is None else nn.Sequential(
+            nn.Linear(pooled_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         def res(ch: int, out: int | None = None, up: bool = False, down: bool = False) -> ResBlock:
             return ResBlock(ch, emb_dim, out, dropout, use_scale_shift_norm, num_groups, up=up, down=down)
@@ -279,8 +292,13 @@ class UNetModel(nn.Module):
         y: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict for ``x`` at ``t`` (B,) or scalar; ``y`` None means null labels; ``context_mask`` True = keep."""
+        """Predict for ``x`` at ``t`` (B,) or scalar; ``y`` None means null labels; ``context_mask`` True = keep.
+
+        ``pooled`` (B, pooled_dim), e.g. the mean text token, joins the timestep embedding (Imagen's pooled text
+        embedding): a global signal that every residual block sees, beside cross-attention's per-position one.
+        """
         if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
             raise ValueError(f"input H,W {tuple(x.shape[-2:])} must be divisible by {self.downsampling}")
         if (context is None) != (self.context_dim is None):
@@ -292,6 +310,11 @@ class UNetModel(nn.Module):
             emb = emb + self.label_embed(self.null_labels(x.shape[0], x.device) if y is None else y)
         elif y is not None:
             raise ValueError(f"labels y of shape {tuple(y.shape)} given but num_classes is None")
+        if (pooled is None) != (self.pooled_embed is None):
+            raise ValueError(f"pooled {'given' if pooled is not None else 'missing'} but pooled_dim is "
+                             f"{self.pooled_dim}")
+        if self.pooled_embed is not None:
+            emb = emb + self.pooled_embed(pooled.to(emb.dtype))
 
         h = x
         skips = []
