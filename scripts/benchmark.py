@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG: dict[str, Any] = {
     # the latent U-Net of the default text-to-image recipe; "large_size" is the second, larger latent size
     "text": {"channels": 4, "size": 8, "batch_size": 32, "large_size": 32, "large_batch_size": 8,
-             "model_channels": 64, "channel_mult": [1, 2], "num_res_blocks": 2, "attention_resolutions": [1, 2],
+             "model_channels": 64, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [2],
              "num_heads": 4, "context_dim": 128, "tokens": 16, "transformer_depth": 1, "num_groups": 32},
     # pixel-space unconditional U-Net; the peer is denoising-diffusion-pytorch's Unet(dim=model_channels,
     # dim_mults=channel_mult), whose parameter count one res block per level (plus attention at level 2) matches
