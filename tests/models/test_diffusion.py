@@ -132,3 +132,14 @@ def test_evaluate_script_reports_fid_and_accuracy_per_sampler(trained_run: Path,
     clf = subprocess.run([sys.executable, "scripts/evaluate.py", "--ckpt", str(classifier)], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert clf.returncode == 0 and "| label |" in clf.stdout
+
+
+def test_compile_option_compiles_the_trained_network_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[torch.nn.Module] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: compiled.append(self))
+    model = tiny_ddpm(compile=True)
+    keys = set(model.state_dict())
+    model.on_fit_start()
+    assert compiled == [model.unet] and set(model.state_dict()) == keys
+    tiny_ddpm().on_fit_start()
+    assert compiled == [model.unet]
