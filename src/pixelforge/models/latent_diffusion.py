@@ -93,7 +93,6 @@ class LatentDiffusion(DDPM):
                          channels=stage.embed_dim, cond_drop_prob=ucg_rate, **ddpm_kwargs)
         self.first_stage = stage
         self.crossattn = crossattn
-        self.conditioning_key = conditioning_key
         self.cond_stage_key = cond_stage_key
         self.concat_key = concat_key
         self.ucg_rate = ucg_rate

@@ -136,15 +136,10 @@ def prompt_batches(args: argparse.Namespace, prog: str) -> list[list[str]]:
     return [prompts[i:i + args.n_samples] for i in range(0, len(prompts), args.n_samples)]
 
 
-def is_text_model(model: Any) -> bool:
-    """Whether ``model`` renders prompts: a latent diffusion model whose cross-attention encoder reads text."""
-    return isinstance(model, LatentDiffusion) and model.text_conditioned
-
-
 def load_text_model(args: argparse.Namespace, prog: str) -> LatentDiffusion:
     """The run of --ckpt on --device, checked to be text-conditioned and to have the latents --C/--f name."""
     _, model = load_run_or_exit(args.ckpt, args.config, prog)
-    if not is_text_model(model):
+    if not (isinstance(model, LatentDiffusion) and model.text_conditioned):
         fail(prog, f"{args.ckpt} holds a {type(model).__name__}, not a text-conditioned model (a LatentDiffusion "
                    "with conditioning_key crossattn and a text encoder)")
     for flag, given, actual in (("--C", args.C, model.channels), ("--f", args.f, model.downsample_factor)):
