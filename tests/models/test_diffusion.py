@@ -104,10 +104,10 @@ def test_sample_script_writes_pngs_grid_and_record(trained_run: Path, tmp_path: 
 
 def test_sample_script_errors_are_clear(trained_run: Path, tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "scripts/sample.py", "--ckpt", str(tmp_path / "nope")], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
     bad = subprocess.run([sys.executable, "scripts/sample.py", "--ckpt", str(trained_run), "--class_label", "12",
-                          "--outdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+                          "--outdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "0..9" in bad.stderr
 
 
