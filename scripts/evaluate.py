@@ -99,8 +99,11 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
 
 def autoencoder_rows(args: argparse.Namespace, model, dataset, key: str) -> list[dict]:
     """Reconstruction scores on clean (and, for a denoiser, corrupted) inputs; likelihood and sample FID for VAEs."""
+    judge = None
+    if args.classifier:  # also: how often the classifier still sees the right labels in a reconstruction
+        judge = build_feature_extractor("classifier", args.classifier).to(args.device)
     clean = {"input": "clean", **evaluate_reconstructions(model, dataset, args.batch_size, args.device,
-                                                          seed=args.seed)}
+                                                          seed=args.seed, judge=judge)}
     rows = [clean]
     if getattr(model, "corruption", None):
         rows.append({"input": "corrupted", **evaluate_reconstructions(model, dataset, args.batch_size, args.device,

@@ -42,3 +42,21 @@ def test_evaluate_reconstructions_reports_model_and_input_scores() -> None:
     assert corrupted["input_mse"] == pytest.approx(0.04)
     assert corrupted["input_psnr"] == pytest.approx(10 * math.log10(4 / 0.04), rel=1e-4)
     assert corrupted["mse"] == pytest.approx(sum((v - (v + 0.2) / 2) ** 2 for v in (0.2, -0.4, 0.6)) / 3)
+
+
+class SignJudge(nn.Module):
+    """Labels an image 1 where its mean is positive."""
+
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"label": (images.mean((1, 2, 3)) > 0).long(), "unused": torch.zeros(len(images), dtype=torch.long)}
+
+
+def test_judged_reconstructions_count_the_labels_a_classifier_still_sees() -> None:
+    values, labels = (0.2, -0.4, 0.6, -0.1), (1, 0, 0, 1)  # judged on reconstructions: 1, 0, 1, 0
+    images = [{"image": torch.full((1, 4, 4), v), "label": torch.tensor(y)}
+              for v, y in zip(values, labels, strict=True)]
+    scores = evaluate_reconstructions(Halver(), images, batch_size=3, judge=SignJudge())
+    assert scores["rec_acc/label"] == pytest.approx(0.5) and scores["rec_acc"] == pytest.approx(0.5)
+    assert "rec_acc/unused" not in scores
+    with pytest.raises(ValueError, match="none of the dataset's keys"):
+        evaluate_reconstructions(Halver(), [{"image": torch.zeros(1, 4, 4)}], judge=SignJudge())

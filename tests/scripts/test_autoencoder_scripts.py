@@ -57,6 +57,7 @@ def test_evaluate_reports_reconstruction_likelihood_and_denoising(runs: dict[str
     clean, prior = json.loads(out.read_text())["rows"]
     assert clean["input"] == "clean" and 0 < clean["ssim"] <= 1 and clean["psnr"] > 0
     assert clean["nll_is"] > 0 and clean["bpd"] > 0 and clean["kl"] >= 0
+    assert 0 <= clean["rec_acc"] == clean["rec_acc/label"] <= 1  # the classifier judges the reconstructions
     assert prior["input"] == "prior samples" and prior["fid"] >= 0
     dae = script("evaluate.py", "--ckpt", str(runs["dae"]), "--out", str(tmp_path / "dae.json"))
     assert dae.returncode == 0, dae.stderr[-2000:]

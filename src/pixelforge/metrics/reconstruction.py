@@ -34,23 +34,39 @@ def reconstruction_metrics(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.
     return {"mse": mse(x, y), "psnr": psnr(x, y), "ssim": ssim(x, y)}
 
 
+def judged_hits(judge: torch.nn.Module, images: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+    """Per image, 1.0 where ``judge`` labels ``images`` as ``batch`` does: per key it predicts, and on all of them."""
+    hits = {f"rec_acc/{key}": (labels.cpu() == batch[key]).float()
+            for key, labels in judge.predict(images).items() if key in batch}
+    if not hits:
+        raise ValueError(f"the judge predicts none of the dataset's keys {sorted(batch)}")
+    hits["rec_acc"] = torch.stack(list(hits.values())).prod(0)
+    return hits
+
+
 @torch.no_grad()
 def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, batch_size: int = 250,
                              device: torch.device | str = "cpu", corrupted: bool = False,
-                             seed: int = 0) -> dict[str, float]:
+                             seed: int = 0, judge: torch.nn.Module | None = None) -> dict[str, float]:
     """Mean MSE/PSNR/SSIM of ``model.reconstruct`` over ``dataset`` against the clean images.
 
     With ``corrupted`` (a denoising autoencoder) the model sees ``model.corrupt(x)``, and the corrupted inputs'
-    own scores are reported as ``input_*``, so the gain of denoising is visible in one row.
+    own scores are reported as ``input_*``, so the gain of denoising is visible in one row. With a ``judge``
+    (a classifier whose ``predict`` gives ``{key: labels}``), ``rec_acc/<key>`` is the share of reconstructions it
+    labels as the dataset does and ``rec_acc`` the share right on every key: for a first stage, the ceiling of the
+    conditional accuracy a latent diffusion model on it can reach.
     """
     generator = torch.Generator(device).manual_seed(seed)
     sums: dict[str, float] = {}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         clean = batch["image"].to(device)
         inputs = model.corrupt(clean, generator=generator) if corrupted else clean
-        scores = reconstruction_metrics(clean, model.reconstruct(inputs))
+        reconstructions = model.reconstruct(inputs)
+        scores = reconstruction_metrics(clean, reconstructions)
         if corrupted:
             scores.update({f"input_{k}": v for k, v in reconstruction_metrics(clean, inputs).items()})
+        if judge is not None:
+            scores.update(judged_hits(judge, reconstructions, batch))
         for name, values in scores.items():
             sums[name] = sums.get(name, 0.0) + values.sum().item()
     return {name: total / len(dataset) for name, total in sums.items()}
