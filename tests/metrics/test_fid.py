@@ -19,6 +19,14 @@ def test_fid_is_zero_on_itself_and_grows_with_noise() -> None:
     assert abs(kids[0]) < 0.01 < kids[1]
 
 
+def test_kid_std_reflects_the_sample_size() -> None:
+    # With as many samples as the requested subset size, subsets must still differ, or the std is zero by construction.
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(500, 8, generator=generator), torch.randn(500, 8, generator=generator) + 0.5
+    mean, std = kid(real, fake, subset_size=500)
+    assert mean > 0 and std > 0.01 * mean
+
+
 def test_frechet_distance_matches_gaussian_closed_form() -> None:
     # For diagonal covariances: ||mu1-mu2||^2 + sum (s1 + s2 - 2 sqrt(s1 s2))
     mu1, mu2 = np.array([0.0, 1.0]), np.array([1.0, -1.0])

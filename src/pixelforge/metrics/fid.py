@@ -37,9 +37,12 @@ def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
 def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 20, subset_size: int = 500,
         seed: int = 0) -> tuple[float, float]:
     """Kernel inception distance (Bińkowski et al. 2018): unbiased MMD² with a cubic polynomial kernel,
-    mean and std over random subsets."""
+    mean and std over random subsets. Subsets hold at most half of the smaller set: subsets of the whole set
+    would all be the same set, and their std would be zero whatever the sample size."""
     real, fake = real.double().cpu(), fake.double().cpu()
-    size = min(subset_size, len(real), len(fake))
+    size = min(subset_size, len(real) // 2, len(fake) // 2)
+    if size < 2:
+        raise ValueError(f"KID needs at least 4 real and 4 generated features, got {len(real)} and {len(fake)}")
     dim = real.shape[1]
     generator = torch.Generator().manual_seed(seed)
     values = []
