@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pixelforge.metrics.fid import cached_real_features, fid, frechet_distance, kid
@@ -25,6 +26,11 @@ def test_kid_std_reflects_the_sample_size() -> None:
     real, fake = torch.randn(500, 8, generator=generator), torch.randn(500, 8, generator=generator) + 0.5
     mean, std = kid(real, fake, subset_size=500)
     assert mean > 0 and std > 0.01 * mean
+
+
+def test_kid_names_the_sizes_when_too_few_features() -> None:
+    with pytest.raises(ValueError, match="at least 4 real and 4 generated features, got 3 and 10"):
+        kid(torch.randn(3, 8), torch.randn(10, 8))
 
 
 def test_frechet_distance_matches_gaussian_closed_form() -> None:
