@@ -148,3 +148,34 @@ def test_bad_arguments_name_the_valid_values(class_root: Path) -> None:
         ImageFolderDataset(class_root, fractions=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="extensions"):
         ImageFolderDataset(class_root, extensions=".png")
+
+
+def test_grayscale_folder_loads_the_configured_channels(class_root: Path) -> None:
+    gray = ImageFolderDataset(class_root, fractions=(1.0, 0.0, 0.0), channels=1)
+    assert gray.channels == 1 and {gray[i]["image"].shape for i in range(len(gray))} == {(1, 6, 8)}
+    rgb = ImageFolderDataset(class_root, fractions=(1.0, 0.0, 0.0))  # grayscale files come out as RGB
+    assert {rgb[i]["image"].shape for i in range(len(rgb))} == {(3, 6, 8)}
+    with pytest.raises(ValueError, match=r"channels=2: .*data.channels=1 or data.channels=3"):
+        ImageFolderDataset(class_root, channels=2)
+
+
+def test_image_folder_with_one_channel_trains_from_the_command_line(class_root: Path,
+                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    from pixelforge.cli import main
+
+    argv = ["-t", "--no-test", "-l", str(tmp_path_factory.mktemp("logs")), "experiment=classifier_cnn_digits",
+            "data=image_folder", f"data.dataset.root={class_root}", "data.targets.label=2", "data.image_size=8",
+            "data.channels=1", "data.num_workers=0", "data.batch_size=4", "trainer.max_steps=2",
+            "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar=null",
+            "callbacks.image_logger=null", "trainer.accelerator=cpu", "trainer.devices=1"]
+    assert main(argv) == 0
+
+
+def test_datamodule_rejects_channels_the_dataset_does_not_have(class_root: Path) -> None:
+    from functools import partial
+
+    from pixelforge.data import ImageDataModule
+
+    module = ImageDataModule(partial(ImageFolderDataset, class_root, channels=3), channels=1)
+    with pytest.raises(ValueError, match=r"data.channels=1, but ImageFolderDataset gives 3-channel .*data.channels=3"):
+        module.setup("fit")

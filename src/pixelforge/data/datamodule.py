@@ -57,7 +57,12 @@ class ImageDataModule(L.LightningDataModule):
             options = dict(self.transform)
             size = self.image_size if options.pop("resize", True) else None
             transform = build_transform(size, train=split == "train", **options)
-            self.splits[split] = self.dataset(split=split, transform=transform)
+            dataset = self.dataset(split=split, transform=transform)
+            channels = getattr(dataset, "channels", self.channels)
+            if channels != self.channels:
+                raise ValueError(f"data.channels={self.channels}, but {type(dataset).__name__} gives "
+                                 f"{channels}-channel images; set data.channels={channels}")
+            self.splits[split] = dataset
         return self.splits[split]
 
     def setup(self, stage: str | None = None) -> None:

@@ -1,6 +1,7 @@
 """Users' own images: class sub-folders for labels, or same-stem ``.txt`` / ``metadata.jsonl`` for captions.
 
-Both datasets split deterministically with ``split_indices`` and load images as RGB. A file PIL cannot read
+Both datasets split deterministically with ``split_indices`` and load images with ``channels`` channels (1:
+grayscale, 3: RGB; an image of another mode is converted). A file PIL cannot read
 raises ``BadImageError`` naming it when its item is loaded; with ``skip_bad_files`` the split's images are
 verified once at construction and the bad ones dropped with one warning.
 """
@@ -24,6 +25,7 @@ FOLDER_LAYOUT = "root/<class>/<image>.png (one sub-folder per class, e.g. root/c
 CAPTION_LAYOUT = ("root/**/<name>.png with a caption in root/**/<name>.txt, or root/metadata.jsonl with one "
                   '{"file_name": "<path relative to root>", "text": "<caption>"} per line')
 METADATA = "metadata.jsonl"
+MODES = {1: "L", 3: "RGB"}  # channels -> the PIL mode images are converted to
 SHOWN = 5  # bad files named in a warning
 
 
@@ -31,14 +33,14 @@ class BadImageError(OSError):
     """An image file PIL cannot read; the message names the file so it can be fixed or skipped."""
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Open ``path`` as an RGB image, or raise BadImageError naming it."""
+def load_image(path: Path, channels: int = 3) -> Image.Image:
+    """Open ``path`` as a grayscale (``channels=1``) or RGB (3) image, or raise BadImageError naming it."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return image.convert(MODES[channels])
     except Exception as err:  # PIL raises many types on corrupt data
         raise BadImageError(f"cannot read image {str(path)!r}: {err}. Fix or delete it, or set "
-                            "skip_bad_files=true to drop unreadable images") from err
+                            "data.dataset.skip_bad_files=true to drop unreadable images") from err
 
 
 def is_readable(path: Path) -> bool:
@@ -86,10 +88,13 @@ def find_images(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
 class _FileDataset(Dataset):
     """Shared split, verification and loading over a list of image files."""
 
-    channels = 3
     files: list[Path]
 
-    def __init__(self, split: str, transform: Transform | None, skip_bad_files: bool) -> None:
+    def __init__(self, split: str, transform: Transform | None, skip_bad_files: bool, channels: int) -> None:
+        if channels not in MODES:
+            raise ValueError(f"channels={channels!r}: image folders load 1 (grayscale) or 3 (RGB) channels; set "
+                             "data.channels=1 or data.channels=3")
+        self.channels = channels
         self.split = check_split(split)
         self.transform = build_transform() if transform is None else transform
         self.skip_bad_files = skip_bad_files
@@ -110,7 +115,7 @@ class _FileDataset(Dataset):
 
     def _image(self, index: int) -> torch.Tensor:
         """The transformed image of item ``index``."""
-        return self.transform(load_rgb(self.files[index]))
+        return self.transform(load_image(self.files[index], self.channels))
 
 
 class ImageFolderDataset(_FileDataset):
@@ -129,8 +134,9 @@ class ImageFolderDataset(_FileDataset):
         seed: int = 0,
         skip_bad_files: bool = False,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        channels: int = 3,
     ) -> None:
-        super().__init__(split, transform, skip_bad_files)
+        super().__init__(split, transform, skip_bad_files, channels)
         self.root = check_root(root, FOLDER_LAYOUT)
         extensions = check_extensions(extensions)
         folders = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -174,8 +180,9 @@ class ImageTextFolderDataset(_FileDataset):
         seed: int = 0,
         skip_bad_files: bool = False,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        channels: int = 3,
     ) -> None:
-        super().__init__(split, transform, skip_bad_files)
+        super().__init__(split, transform, skip_bad_files, channels)
         self.root = check_root(root, CAPTION_LAYOUT)
         extensions = check_extensions(extensions)
         if (self.root / METADATA).is_file():
@@ -195,7 +202,7 @@ class ImageTextFolderDataset(_FileDataset):
         if missing and not self.skip_bad_files:
             raise FileNotFoundError(f"image {str(missing[0])!r} has no caption file "
                                     f"{str(missing[0].with_suffix('.txt'))!r} ({len(missing)} images lack "
-                                    "one); add captions or set skip_bad_files=true to drop those images")
+                                    "one); add captions or set data.dataset.skip_bad_files=true to drop those images")
         if missing:
             warn_skipped(missing, "images without a .txt caption")
         files = [p for p in images if p.with_suffix(".txt").is_file()]
