@@ -1,6 +1,6 @@
 """MNIST, FashionMNIST, CIFAR-10 and CelebA through torchvision, wrapped to the pixelforge item contract.
 
-These need the files on disk: ``download=True`` (``data.download=true`` on the command line) fetches them
+These need the files on disk: ``download=True`` (``data.dataset.download=true`` on the command line) fetches them
 once; without it a missing dataset raises a FileNotFoundError that says where the files are expected.
 """
 
@@ -37,7 +37,7 @@ CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "
 
 def missing_message(name: str, root: str, download: bool) -> str:
     """Say which files of dataset ``name`` were expected under ``root`` and how to get them."""
-    how = ("Pass data.download=true on the command line (download=True in Python) to fetch them, "
+    how = ("Pass data.dataset.download=true on the command line (download=True in Python) to fetch them, "
            "or place the files there yourself")
     if name in ("mnist", "fashion_mnist"):
         folder = os.path.join(root, DATASETS[name].__name__, "raw")
@@ -55,7 +55,7 @@ def missing_message(name: str, root: str, download: bool) -> str:
                 "fails with a 'too many users have viewed or downloaded this file' quota error; then "
                 f"download img_align_celeba.zip and the list files by hand from {CELEBA_PAGE}, unzip the "
                 f"images into {folder}{os.sep} and put the .txt files next to them.")
-    tried = " download=true was set, but the files are still missing or corrupted." if download else ""
+    tried = " data.dataset.download=true was set, but the files are still missing or corrupted." if download else ""
     return f"{name} dataset not found or corrupted under root {root!r}.{tried} Expected {expected}. {how}"
 
 
