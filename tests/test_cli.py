@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,39 @@ def test_multirun_sweeps_into_one_parent_folder(tmp_path: Path) -> None:
     assert len(runs) == 2 and list(tmp_path.iterdir()) == [tmp_path / "multirun"]
     sizes = sorted(OmegaConf.load(r / "configs" / "config.yaml").data.batch_size for r in runs)
     assert sizes == [8, 16]
+
+
+def checkpoint_files(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_resume_after_sigterm_keeps_updating_last_ckpt(tmp_path: Path) -> None:
+    fault = ["+callbacks.fault._target_=fault_injection.SigtermAt", "+callbacks.fault.step=3"]
+    argv = ["-t", "--no-test", "-l", str(tmp_path), *TINY, "trainer.max_epochs=2"]
+    assert main([*argv, *fault]) == 128 + signal.SIGTERM
+    (run_dir,) = run_dirs(tmp_path)
+    assert last_weights(run_dir)[1] == 3  # SaveOnInterrupt wrote last.ckpt; ModelCheckpoint never saved
+    assert main(["-t", "--no-test", "-r", str(run_dir), "callbacks.fault=null"]) == 0
+    assert last_weights(run_dir)[1] == 8 and "last-v1.ckpt" not in checkpoint_files(run_dir)
+    assert main(["-t", "--no-test", "-r", str(run_dir), "trainer.max_epochs=3"]) == 0
+    assert last_weights(run_dir)[1] == 12 and [n for n in checkpoint_files(run_dir) if n.startswith("last")] == [
+        "last.ckpt"]
+
+
+def test_a_moved_run_resumes_into_its_new_directory(tmp_path: Path) -> None:
+    run(config(["-t", "--no-test", "-l", str(tmp_path / "logs"), *TINY, "trainer.max_epochs=1"]))
+    (old,) = run_dirs(tmp_path / "logs")
+    new = tmp_path / "elsewhere" / old.name
+    new.parent.mkdir()
+    old.rename(new)
+    assert main(["-t", "-r", str(new), "trainer.max_epochs=2"]) == 0
+    assert not old.exists() and run_dirs(tmp_path / "logs") == []
+    saved = OmegaConf.load(new / "configs" / "config.yaml")
+    assert saved.run_dir == str(new) and saved.callbacks.model_checkpoint.dirpath == str(new / "checkpoints")
+    state, step, _ = last_weights(new)
+    assert step == 8 and len(list((new / "tensorboard").glob("events.out.tfevents*"))) >= 2
+    ckpt = torch.load(new / "checkpoints" / "last.ckpt", weights_only=False)
+    (checkpoint_state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    paths = [checkpoint_state["best_model_path"], checkpoint_state["last_model_path"],
+             *checkpoint_state["best_k_models"]]
+    assert all(Path(p).parent == new / "checkpoints" and Path(p).is_file() for p in paths), paths

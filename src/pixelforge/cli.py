@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from pixelforge.run import check_runnable, find_checkpoint, run
+from pixelforge.run import check_runnable, find_checkpoint, relocate, run
 from pixelforge.stages import resolve_first_stage
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -172,6 +172,9 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
     if args.resume:
         run_dir, ckpt = find_resume(args.resume)
         cfg = OmegaConf.load(run_dir / "configs" / "config.yaml")
+        if cfg.get("run_dir") and Path(cfg.run_dir) != run_dir:
+            print(f"main.py: {run_dir} was made as {cfg.run_dir}; its paths now point into {run_dir}", file=sys.stderr)
+            relocate(cfg, cfg.run_dir, str(run_dir))
         cfg.train, cfg.test = False, True  # per invocation, as in CompVis: -t trains on, no -t only tests
         OmegaConf.set_struct(cfg, True)
         apply_overrides(cfg, overrides, allow_groups=False)

@@ -14,9 +14,9 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from pixelforge.callbacks.checkpointing import AtomicCheckpointIO
+from pixelforge.callbacks.checkpointing import AtomicCheckpointIO, moved
 from pixelforge.utils.printing import print_banner
 
 RUN_DIR_ENV = "PIXELFORGE_RUN_DIR"
@@ -61,6 +61,26 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
     tmp = configs / ".config.yaml.tmp"
     tmp.write_text(text)
     os.replace(tmp, configs / "config.yaml")
+
+
+def relocate(cfg: DictConfig, old: str, new: str) -> None:
+    """Point every path under run directory ``old`` in the saved ``cfg`` at ``new`` (the run was moved).
+
+    A saved config is resolved, so ``${run_dir}/checkpoints`` became an absolute path: without this, a moved run
+    resumed with ``-r`` would write its checkpoints and logs into its old location, re-created.
+    """
+    nodes = [cfg]
+    while nodes:
+        node = nodes.pop()
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for key in keys:
+            if OmegaConf.is_missing(node, key):
+                continue
+            value = node[key]
+            if isinstance(value, (DictConfig, ListConfig)):
+                nodes.append(value)
+            elif isinstance(value, str):
+                node[key] = moved(value, old, new)
 
 
 def learning_rate(model_cfg: DictConfig, scale_lr: bool, trainer: L.Trainer, batch_size: int) -> float:

@@ -1,4 +1,5 @@
-"""Checkpoints that survive interruption: atomic writes, save on Ctrl-C/SIGTERM/SIGUSR1/exception, RNG state."""
+"""Checkpoints that survive interruption: atomic writes, save on Ctrl-C/SIGTERM/SIGUSR1/exception, RNG state, and
+a ModelCheckpoint that keeps ``last.ckpt`` current across resumes and moved run directories."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -38,6 +40,42 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def moved(path: str, old: str, new: str) -> str:
+    """``path`` with the directory prefix ``old`` replaced by ``new`` (unchanged when it is not under ``old``)."""
+    if path == old or path.startswith(old.rstrip(os.sep) + os.sep):
+        return new + path[len(old):]
+    return path
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint for run directories that are stopped, resumed and moved.
+
+    ``last.ckpt`` is always overwritten in place: with Lightning's version counter, a ``last.ckpt`` written by an
+    earlier process (after SIGTERM or Ctrl-C) makes the resumed run write ``last-v1.ckpt``, and the next ``-r``
+    silently restarts from the stale file. A checkpoint restored from a run directory that has since moved has the
+    paths it remembers (best, top-k, last) moved along, so top-k pruning and testing the best model keep working.
+    """
+
+    def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's key, so checkpoints of runs made before this class resume with their state."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            state_dict = dict(state_dict, dirpath=new)
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if state_dict.get(key):
+                    state_dict[key] = moved(state_dict[key], old, new)
+            state_dict["best_k_models"] = {moved(path, old, new): score
+                                           for path, score in state_dict.get("best_k_models", {}).items()}
+        super().load_state_dict(state_dict)
 
 
 class SaveOnInterrupt(L.Callback):
