@@ -17,3 +17,15 @@ class SigtermAt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class PoisonBatch(L.Callback):
+    """Fills the images of training batch ``at`` (counted over the whole run) with NaN."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self.seen == self.at:
+            batch["image"].fill_(float("nan"))
+        self.seen += 1

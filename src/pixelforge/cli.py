@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from pixelforge.callbacks.nonfinite import NonFiniteLossError
 from pixelforge.run import check_runnable, find_checkpoint, relocate, run
 from pixelforge.stages import resolve_first_stage
 
@@ -218,6 +219,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def lr_hint(cfg: DictConfig) -> str:
+    """Overrides that lower the run's learning rates tenfold, in the keys that set them (see ``run.learning_rate``)."""
+    model = cfg.model
+    if OmegaConf.select(model, "optimizer.lr") is not None:
+        keys = ["optimizer.lr"]
+    elif model.get("base_learning_rate") is not None:
+        keys = ["base_learning_rate"]
+    else:
+        keys = [key for key in ("d_lr", "g_lr") if model.get(key) is not None]
+    return " ".join(f"model.{key}={OmegaConf.select(model, key) / 10:.3g}" for key in keys)
+
+
 def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """Compose one config and run it; configuration errors become a message and exit code 2."""
     try:
@@ -232,6 +245,10 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         return 2
     try:
         run(cfg)
+    except NonFiniteLossError as error:
+        print(f"main.py: error: {error}. Continue from there with a lower learning rate: "
+              f"python main.py -t -r {cfg.run_dir} {lr_hint(cfg)}", file=sys.stderr)
+        return 1
     except SIGTERMException:  # Lightning stops the loop with exit code 0; a scheduler must see the signal
         print(f"main.py: stopped by SIGTERM; continue with: python main.py -t -r {cfg.run_dir}", file=sys.stderr)
         return 128 + signal.SIGTERM

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
@@ -45,20 +44,12 @@ def configure_optimizer(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def guarded_step(module: L.LightningModule, optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str,
-                 scheduler: LRScheduler | None = None) -> bool:
-    """One manual-optimisation step of ``loss`` (and ``scheduler``); a non-finite loss skips it and stops training.
-
-    Skipping keeps the weights finite, so the ``last.ckpt`` written when training stops holds the last good state.
-    """
-    if not torch.isfinite(loss):
-        rank_zero_warn(f"non-finite {name} loss ({loss.item()}) at global step {module.global_step}: step skipped "
-                       "and training stopped; last.ckpt keeps the last finite weights")
-        module.trainer.should_stop = True
-        return False
+def optimizer_step(module: L.LightningModule, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   scheduler: LRScheduler | None = None) -> None:
+    """One manual-optimisation step of ``loss`` (and ``scheduler``); the NonFiniteGuard callback skips a step whose
+    loss or gradients are not finite, as it does under automatic optimisation."""
     optimizer.zero_grad(set_to_none=True)
     module.manual_backward(loss)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    return True

@@ -9,10 +9,12 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from fault_injection import PoisonBatch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from pixelforge.callbacks.checkpointing import SaveOnInterrupt
+from pixelforge.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
 from pixelforge.models.gan import GAN
 from pixelforge.modules.gan import DCGANDiscriminator, DCGANGenerator
 
@@ -60,30 +62,20 @@ def test_max_steps_two_is_one_d_and_one_g_step(n_critic: int, tmp_path: Path) ->
     assert trainer.global_step == 2 and [steps_taken(o.optimizer) for o in model.optimizers()] == [1, 1]
 
 
-class PoisonBatch(L.Callback):
-    """Fills the images of training batch ``at`` (counted over the whole run) with NaN."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.seen = at, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.seen == self.at:
-            batch["image"].fill_(float("nan"))
-        self.seen += 1
-
-
 def test_non_finite_loss_stops_with_finite_weights_in_last_ckpt(tmp_path: Path) -> None:
     model = tiny_gan()
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor=None, save_last=True)
-    callbacks = [checkpoint, SaveOnInterrupt(str(tmp_path / "checkpoints")), PoisonBatch(at=5)]
-    with pytest.warns(UserWarning, match="non-finite discriminator loss"):
-        trainer = fit(model, 3, tmp_path, callbacks, max_epochs=4)
-    assert trainer.should_stop and trainer.current_epoch < 3
-    assert trainer.global_step == 10  # five good batches of one D and one G step, the poisoned D step skipped
+    callbacks = [checkpoint, SaveOnInterrupt(str(tmp_path / "checkpoints")), NonFiniteGuard(), PoisonBatch(at=5)]
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at global step 10 \(optimizer 0, Adam\)"):
+        fit(model, 3, tmp_path, callbacks, max_epochs=4)
+    assert model.trainer.current_epoch < 3
+    d_opt, g_opt = (o.optimizer for o in model.optimizers())
+    assert (steps_taken(d_opt), steps_taken(g_opt)) == (5, 6)  # the poisoned D step skipped, its batch's G step not
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-    assert any(k.startswith("ema.module.") for k in state) and "fixed_z" in state
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"]) and "fixed_z" in ckpt["state_dict"]
+    assert ckpt["global_step"] == model.trainer.global_step
 
 
 def test_discriminator_loss_falls_when_only_d_trains() -> None:

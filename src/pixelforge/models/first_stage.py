@@ -19,7 +19,7 @@ from pixelforge.metrics.fid import fid
 from pixelforge.metrics.reconstruction import psnr, ssim
 from pixelforge.models.autoencoder import LOSSES, difference_map
 from pixelforge.modules.first_stage import Decoder, Encoder
-from pixelforge.optim import configure_optimizer, guarded_step
+from pixelforge.optim import configure_optimizer, optimizer_step
 
 PERCEPTUAL_KEYS = {"run", "weight"}
 
@@ -68,8 +68,7 @@ class FirstStageModel(L.LightningModule):
     frozen pixelforge classifier (offline stand-in for LPIPS). With a ``discriminator`` the model optimises
     manually: each batch takes one autoencoder step and, from the ``disc_start``-th batch on, the GAN term
     (``disc_loss`` hinge | bce) joins its loss and one discriminator step follows. Lightning's ``global_step``
-    counts both, so ``trainer.max_steps`` counts autoencoder + discriminator steps. A non-finite loss skips its
-    step, warns and stops training.
+    counts both, so ``trainer.max_steps`` counts autoencoder + discriminator steps.
 
     Validation and test log PSNR/SSIM of the deterministic reconstructions and, with ``rfid_run`` (a classifier
     run on the same data), rFID: the FID between the classifier features of the inputs and of their
@@ -213,13 +212,11 @@ class FirstStageModel(L.LightningModule):
         self.batches_seen += 1
         with self.toggled_optimizer(ae_opt):
             terms = self.autoencoder_terms(x, adversarial)
-            if not guarded_step(self, ae_opt, terms["loss"], "autoencoder", ae_sched):
-                return None
+            optimizer_step(self, ae_opt, terms["loss"], ae_sched)
         if adversarial:
             with self.toggled_optimizer(d_opt):
                 d_terms = self.discriminator_terms(x, terms["reconstruction"])
-                if not guarded_step(self, d_opt, d_terms["d_loss"], "discriminator", d_sched):
-                    return None
+                optimizer_step(self, d_opt, d_terms["d_loss"], d_sched)
             terms |= d_terms
         self.log_terms(terms, "train", len(x))
         return None

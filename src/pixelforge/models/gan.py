@@ -14,7 +14,7 @@ from torchvision.utils import make_grid
 from pixelforge.gan.diffaugment import diff_augment, parse_policy
 from pixelforge.gan.losses import check_loss, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from pixelforge.modules.ema import EMA
-from pixelforge.optim import guarded_step
+from pixelforge.optim import optimizer_step
 
 
 class GAN(L.LightningModule):
@@ -29,8 +29,7 @@ class GAN(L.LightningModule):
     ``"color,translation,cutout"``) on real and fake images before D. With ``cond_key`` the generator and the
     (projection) discriminator get the batch's labels.
 
-    Sampling and validation use the EMA generator. A non-finite loss skips its step (weights stay finite), warns
-    and stops training, so ``last.ckpt`` holds the last good weights; D(G(z)) outside
+    Sampling and validation use the EMA generator. D(G(z)) outside
     [``collapse_threshold``, 1 - ``collapse_threshold``] (as a sigmoid probability) for ``collapse_patience``
     consecutive D steps warns once, and stops training too with ``stop_on_collapse``.
     """
@@ -145,8 +144,7 @@ class GAN(L.LightningModule):
         d_opt, g_opt = self.optimizers()
         with self.toggled_optimizer(d_opt):
             d = self.discriminator_step(real, y)
-            if not guarded_step(self, d_opt, d["total"], "discriminator"):
-                return
+            optimizer_step(self, d_opt, d["total"])
         self.log_dict({f"train/{k}": v.detach() for k, v in d.items() if k != "total"}, prog_bar=False,
                       batch_size=len(real))
         self.watch_collapse(float(d["d_fake_prob"]))
@@ -154,8 +152,7 @@ class GAN(L.LightningModule):
             return
         with self.toggled_optimizer(g_opt):
             g_loss = self.generator_step(len(real), y)
-            if not guarded_step(self, g_opt, g_loss, "generator"):
-                return
+            optimizer_step(self, g_opt, g_loss)
         if self.ema is not None:
             self.ema.update(self.generator)
         self.log("train/g_loss", g_loss.detach(), prog_bar=True, batch_size=len(real))
