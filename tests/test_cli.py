@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,22 +142,32 @@ def last_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], int, int]:
     return ckpt["state_dict"], ckpt["global_step"], ckpt["epoch"]
 
 
-def test_resume_continues_to_the_same_weights(tmp_path: Path) -> None:
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    run(config(["-t", "--no-test", "-l", str(straight), *TINY, "trainer.max_epochs=4"]))
-    run(config(["-t", "--no-test", "-l", str(split), *TINY, "trainer.max_epochs=2"]))
-    (first,) = run_dirs(split)
-    half, half_step, _ = last_weights(first)
-    assert half_step == 8
-    assert main(["-t", "--no-test", "-r", str(first), "trainer.max_epochs=4"]) == 0
-    assert run_dirs(split) == [first]  # continued in place
-    (whole,) = run_dirs(straight)
-    expected, step, epoch = last_weights(whole)
-    resumed, resumed_step, resumed_epoch = last_weights(first)
-    assert (resumed_step, resumed_epoch) == (step, epoch) == (16, 3)
-    assert any(not torch.equal(half[k], resumed[k]) for k in half)
+def test_resume_after_the_warm_up_continues_to_the_same_weights(tmp_path: Path) -> None:
+    argv = ["-t", "--no-test", "-l", str(tmp_path / "logs"), *TINY, "trainer.max_epochs=4",
+            "model.scheduler.warmup_steps=2", "callbacks.model_checkpoint.save_top_k=-1"]
+    run(config(argv))
+    (straight,) = run_dirs(tmp_path / "logs")
+    expected, step, epoch = last_weights(straight)
+    assert (step, epoch) == (16, 3)
+    copy = tmp_path / "copy" / straight.name
+    shutil.copytree(straight, copy)  # a copy, resumed from the end of epoch 2 (steps 3-8 were already cosine decay)
+    assert main(["-t", "--no-test", "-r", str(copy / "checkpoints" / "epoch=001-step=000008.ckpt")]) == 0
+    resumed, resumed_step, resumed_epoch = last_weights(copy)
+    assert (resumed_step, resumed_epoch) == (16, 3)
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_with_a_longer_run_resizes_the_schedule_and_says_so(tmp_path: Path, caplog) -> None:
+    argv = ["-t", "--no-test", "-l", str(tmp_path), *TINY, "model.scheduler.warmup_steps=2"]
+    run(config([*argv, "trainer.max_epochs=2"]))
+    (first,) = run_dirs(tmp_path)
+    assert torch.load(first / "checkpoints" / "last.ckpt")["lr_schedulers"][0]["total_steps"] == 8
+    with pytest.warns(UserWarning, match=r"sized for 8 steps and this run has 16: from step 8 on it follows the "
+                                         r"16-step schedule, so the lr goes from .* to 0.000[0-9]+"):
+        assert main(["-t", "--no-test", "-r", str(first), "trainer.max_epochs=4"]) == 0
+    ckpt = torch.load(first / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 16 and ckpt["lr_schedulers"][0]["total_steps"] == 16
 
 
 def test_resume_rejects_group_swaps_and_tests_without_train(tmp_path: Path, capsys) -> None:

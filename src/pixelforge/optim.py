@@ -7,11 +7,39 @@ from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
+class RunSchedule(LambdaLR):
+    """A per-step LambdaLR that remembers the run length (``total_steps``) it was sized for, in its state.
+
+    Resumed under another length (``-r`` with a changed ``trainer.max_epochs`` or ``max_steps``), it keeps the new
+    one: from the resumed step on the lr follows the schedule of the new length (as if the run had been started
+    with it), so it jumps there, and a warning gives both lengths and the lr before and after.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[int], float], total_steps: int) -> None:
+        self.total_steps = total_steps
+        super().__init__(optimizer, factor)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        sized_for = state_dict.get("total_steps", self.total_steps)
+        super().load_state_dict({**state_dict, "total_steps": self.total_steps})
+        if sized_for == self.total_steps:
+            return
+        before = [group["lr"] for group in self.optimizer.param_groups]
+        after = [base * factor(self.last_epoch) for base, factor in zip(self.base_lrs, self.lr_lambdas, strict=True)]
+        for group, lr in zip(self.optimizer.param_groups, after, strict=True):
+            group["lr"] = lr
+        self._last_lr = after
+        rank_zero_warn(f"the lr schedule was sized for {sized_for} steps and this run has {self.total_steps}: from "
+                       f"step {self.last_epoch} on it follows the {self.total_steps}-step schedule, so the lr goes "
+                       f"from {before[0]:.3g} to {after[0]:.3g}")
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                  min_lr_ratio: float = 0.0) -> LambdaLR:
+                  min_lr_ratio: float = 0.0) -> RunSchedule:
     """Linear warm-up from 0 over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` x lr at ``total_steps``."""
     if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"need warmup_steps >= 0 and 0 <= min_lr_ratio <= 1, got {warmup_steps}, {min_lr_ratio}")
@@ -22,7 +50,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return LambdaLR(optimizer, factor)
+    return RunSchedule(optimizer, factor, total_steps)
 
 
 def constant_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
