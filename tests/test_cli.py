@@ -223,3 +223,42 @@ def test_a_moved_run_resumes_into_its_new_directory(tmp_path: Path) -> None:
     paths = [checkpoint_state["best_model_path"], checkpoint_state["last_model_path"],
              *checkpoint_state["best_k_models"]]
     assert all(Path(p).parent == new / "checkpoints" and Path(p).is_file() for p in paths), paths
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("trainer.max_epochs=abc", "trainer.max_epochs='abc': Trainer expects int or None"),
+    ("trainer.precision=17", "trainer.precision=17: Trainer expects one of 64, 32, 16"),
+    ("model.optimizer.lr=abc", "model.optimizer.lr='abc': AdamW expects float"),
+    ("+model.dropout=0.5", "model.dropout: ImageClassifier takes no argument 'dropout'"),
+    ("data.batch_size=-4", "data: data.batch_size must be a positive integer, got -4"),
+    ("trainer.devices=abc", "trainer: `devices` selected with `CPUAccelerator` should be an int > 0"),
+    ("model.backbone.channels=[]", "model.backbone: need at least one stage"),
+])
+def test_bad_values_fail_in_one_line_before_a_run_directory_exists(tmp_path: Path, capsys, override: str,
+                                                                   needle: str) -> None:
+    assert main(["-t", "-l", str(tmp_path), *TINY, override]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not tmp_path.exists() or run_dirs(tmp_path) == []
+
+
+def test_malformed_base_yaml_names_the_file_and_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "extra.yaml"
+    bad.write_text("trainer:\n  max_epochs: 3\n bad: [\n")
+    assert main(["-t", "-l", str(tmp_path / "logs"), "-b", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad} is not valid YAML at line 3, column 2" in err and len(err.strip().splitlines()) == 1
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    assert main(["-b", str(listed), "--print-config"]) == 2
+    assert "must hold a mapping of config keys" in capsys.readouterr().err
+
+
+def test_experiment_outside_the_experiment_folder_is_refused(tmp_path: Path, capsys) -> None:
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("# @package _global_\nname: evil\n")
+    climb = "../" * len(REPO.parts)  # from configs/experiment/ up to / (extra ../ stay at /)
+    assert main(["-t", "-l", str(tmp_path / "logs"), f"experiment={climb}{evil.with_suffix('')}"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config experiment/" in err and "classifier_cnn_digits" in err and "-b FILE" in err
+    assert not (tmp_path / "logs").exists()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -20,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pixelforge.callbacks.nonfinite import NonFiniteLossError
 from pixelforge.run import check_runnable, find_checkpoint, relocate, run
 from pixelforge.stages import resolve_first_stage
+from pixelforge.validation import ConfigError, check_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_GROUPS = frozenset(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())  # data, model, trainer ...
@@ -167,6 +169,43 @@ def find_resume(path: str) -> tuple[Path, Path]:
     return config.parent.parent.resolve(), ckpt.resolve()
 
 
+def load_base(path: str) -> DictConfig:
+    """A ``-b`` file as a config mapping; a missing file, bad YAML or a non-mapping is a CLIError naming it."""
+    if not Path(path).is_file():
+        raise CLIError(f"-b/--base: no such file {path!r}")
+    try:
+        cfg = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise CLIError(f"-b/--base: {path} is not valid YAML{where}: {problem}") from None
+    if not isinstance(cfg, DictConfig):
+        raise CLIError(f"-b/--base: {path} must hold a mapping of config keys (e.g. 'trainer: {{max_epochs: 3}}'), "
+                       f"not a {type(cfg).__name__}")
+    return cfg
+
+
+def group_options(group: str) -> list[str]:
+    """The presets of config group ``group`` (``model`` -> ``classifier/cnn``, ...), as ``group=`` accepts them."""
+    root = CONFIG_DIR / group
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def check_group_choices(overrides: Sequence[str]) -> None:
+    """Every ``group=option`` names a preset inside ``configs/<group>/``; a path out of it is refused."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        group, value = override.key_or_group, override.value()
+        if not (CONFIG_DIR / group).is_dir() or override.is_delete() or override.is_sweep_override():
+            continue
+        if value is None or isinstance(value, dict):
+            continue
+        options = group_options(group)
+        if str(value) not in options:
+            own = " (a YAML file of your own goes through -b FILE)" if group == "experiment" else ""
+            raise CLIError(f"unknown config {group}/{value}: valid {group} options are {', '.join(options)}{own}")
+
+
 def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictConfig:
     """The run's config: a saved one for ``-r``, otherwise defaults + experiment + ``-b`` files + overrides."""
     overrides = [*flag_overrides(args), *overrides]
@@ -182,6 +221,7 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
         with open_dict(cfg):
             cfg.resume, cfg.run_dir, cfg.ckpt_path = str(run_dir), str(run_dir), str(ckpt)
         return cfg
+    check_group_choices(overrides)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     choices = cfg.hydra.runtime.choices
@@ -190,11 +230,8 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
         if cfg.name is None:
             cfg.name = choices.get("experiment") or "run"
     if args.base:
-        for base in args.base:
-            if not Path(base).is_file():
-                raise CLIError(f"-b/--base: no such file {base!r}")
         with open_dict(cfg):
-            cfg.merge_with(*[OmegaConf.load(base) for base in args.base])
+            cfg.merge_with(*[load_base(base) for base in args.base])
         apply_overrides(cfg, overrides, allow_groups=True)
     return cfg
 
@@ -239,12 +276,16 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             print(OmegaConf.to_yaml(cfg, resolve=True))
             return 0
         check_runnable(cfg)
+        check_config(cfg)  # before a first stage trains for a run that could not start
         resolve_first_stage(cfg, lambda first: compose_config(parse([])[0], first))
     except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
     try:
         run(cfg)
+    except ConfigError as error:
+        print(f"main.py: error: {error}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as error:
         print(f"main.py: error: {error}. Continue from there with a lower learning rate: "
               f"python main.py -t -r {cfg.run_dir} {lr_hint(cfg)}", file=sys.stderr)

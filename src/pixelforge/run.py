@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import os
 import pdb
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from pixelforge.callbacks.checkpointing import AtomicCheckpointIO, moved
 from pixelforge.utils.printing import print_banner
+from pixelforge.validation import ConfigError, check_config
 
 RUN_DIR_ENV = "PIXELFORGE_RUN_DIR"
 FINISHED = "finished"  # written into a run directory when its training completes (not when interrupted)
@@ -180,18 +183,33 @@ def check_runnable(cfg: DictConfig) -> None:
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
 
 
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """``cfg.data`` instantiated; its constructor's checks (``data.batch_size=-4``) become a ConfigError."""
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as error:
+        raise ConfigError.from_instantiation(error) from error
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as ``cfg`` says; returns the test metrics (empty when not testing)."""
     check_runnable(cfg)
+    check_config(cfg)
+    datamodule = build_datamodule(cfg)
+    new = not cfg.run_dir and not is_child_process()
     run_dir = make_run_dir(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     save_config(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     try:
-        datamodule = instantiate(cfg.data)
-        trainer = build_trainer(cfg, run_dir)
-        model = build_model(cfg, trainer)
+        try:
+            trainer = build_trainer(cfg, run_dir)
+            model = build_model(cfg, trainer)
+        except InstantiationException as error:  # a config that cannot be built leaves no run directory behind
+            if new:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise ConfigError.from_instantiation(error) from error
         if trainer.is_global_zero:
             print_banner(cfg, run_dir, trainer, model)
         for logger in trainer.loggers:
