@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from pixelforge.callbacks.checkpointing import AtomicCheckpointIO, moved
+from pixelforge.checkpoints import check_checkpoint, load_checkpoint
 from pixelforge.utils.printing import print_banner
 from pixelforge.validation import ConfigError, check_config
 
@@ -141,7 +142,7 @@ def load_run(path: str | Path, config: str | Path | None = None,
         raise FileNotFoundError(f"no config at {config}; pass --config with the run's configs/config.yaml")
     cfg = OmegaConf.load(config)
     model = build_model(cfg)
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    checkpoint = load_checkpoint(ckpt_path, map_location)
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
     if missing or unexpected:
         raise ValueError(f"{ckpt_path} does not fit the model of {config}: missing {missing[:5]}, "
@@ -176,11 +177,13 @@ def checkpoint_to_test(cfg: DictConfig, trainer: L.Trainer) -> str | None:
 
 
 def check_runnable(cfg: DictConfig) -> None:
-    """Fail before anything is written when the run has nothing to do or its checkpoint is missing."""
+    """Fail before anything is written when the run has nothing to do or its checkpoint is missing or unreadable."""
     if not cfg.train and not cfg.ckpt_path:
         raise ValueError("nothing to do: pass -t to train, or test a checkpoint with -r RUN_DIR or ckpt_path=PATH")
     if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+    if cfg.ckpt_path:
+        check_checkpoint(cfg.ckpt_path)
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:

@@ -19,10 +19,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from pixelforge.checkpoints import explain
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside the target and renames it, so a crash mid-write
-    leaves the previous ``last.ckpt`` intact."""
+    leaves the previous ``last.ckpt`` intact; a checkpoint that cannot be read raises CheckpointError naming it."""
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # torch's message would advise weights_only=False
+            raise explain(path, error) from None
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if get_filesystem(path).protocol not in ("file", ("file", "local")):
