@@ -31,7 +31,7 @@ from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples
 from pixelforge.metrics.likelihood import evaluate_likelihood
 from pixelforge.metrics.reconstruction import evaluate_reconstructions
-from pixelforge.run import load_run_or_exit
+from pixelforge.utils.scripts import load_run_or_exit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,9 +18,8 @@ import torch
 from tqdm import tqdm
 
 from pixelforge.diffusion.samplers import SAMPLERS
-from pixelforge.run import load_run_or_exit
 from pixelforge.utils.images import grid, save_png, to_uint8
-from pixelforge.utils.scripts import add_run_arguments, autocast, best_device
+from pixelforge.utils.scripts import add_run_arguments, autocast, best_device, load_run_or_exit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

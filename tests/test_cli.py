@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from pixelforge.cli import compose_config, experiments, flag_overrides, main, parse
-from pixelforge.run import make_run_dir, run
+from pixelforge.train import make_run_dir, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["experiment=classifier_cnn_digits", "callbacks.progress_bar=null", "callbacks.model_summary=null",

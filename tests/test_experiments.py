@@ -17,8 +17,8 @@ from fake_data import write_captioned_images, write_fake_dataset
 from omegaconf import DictConfig
 
 from pixelforge.cli import compose_config, experiments, parse
-from pixelforge.run import run
 from pixelforge.stages import resolve_first_stage
+from pixelforge.train import run
 
 SMOKE = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
          "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",

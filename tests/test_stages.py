@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pixelforge.cli import compose_config, main, parse
-from pixelforge.run import FINISHED
+from pixelforge.runs import FINISHED
 from pixelforge.stages import finished_runs, resolve_first_stage, single_process
 
 QUIET = ["trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar=null",

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pixelforge.callbacks.nonfinite import NonFiniteLossError
-from pixelforge.run import check_runnable, find_checkpoint, relocate, run
+from pixelforge.runs import find_checkpoint, relocate
 from pixelforge.stages import resolve_first_stage
+from pixelforge.train import check_runnable, run
 from pixelforge.validation import ConfigError, check_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -237,7 +238,7 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``main.py``: parse, compose, then train and/or test through :func:`pixelforge.run.run`."""
+    """Entry point of ``main.py``: parse, compose, then train and/or test through :func:`pixelforge.train.run`."""
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
     if not args.multirun:
         return run_one(args, overrides)

@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, open_dict
 
-from pixelforge.run import FINISHED, run
+from pixelforge.runs import FINISHED
+from pixelforge.train import run
 
 DEVICE_KEYS = ("accelerator", "devices", "precision")
 

@@ -19,7 +19,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-EXTRA_KEYS = {"model": ("base_learning_rate",)}  # read and removed by pixelforge before instantiation (run.py)
+from pixelforge.runs import TRAINING_KEYS
+
+EXTRA_KEYS = {"model": TRAINING_KEYS}  # read and removed by training before the model is instantiated
 
 
 class ConfigError(ValueError):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-import pixelforge.run
+import pixelforge.train
 from pixelforge.callbacks import checkpointing
 from pixelforge.callbacks.checkpointing import AtomicCheckpointIO, RNGState, SaveOnInterrupt
 from pixelforge.cli import compose_config, parse
@@ -90,7 +90,7 @@ def test_atomic_save_creates_the_checkpoint_folder(tmp_path: Path) -> None:
 
 def test_exception_in_training_saves_last_ckpt_then_propagates(tmp_path: Path, monkeypatch) -> None:
     fail_at = 5  # inside the first epoch, so no epoch-end checkpoint can stand in for the saved one
-    build_model = pixelforge.run.build_model
+    build_model = pixelforge.train.build_model
     at_failure: dict[str, torch.Tensor] = {}
 
     def build_failing_model(cfg: Any, trainer: Any) -> Any:
@@ -106,10 +106,10 @@ def test_exception_in_training_saves_last_ckpt_then_propagates(tmp_path: Path, m
         model.training_step = failing_training_step
         return model
 
-    monkeypatch.setattr(pixelforge.run, "build_model", build_failing_model)
+    monkeypatch.setattr(pixelforge.train, "build_model", build_failing_model)
     cfg = compose_config(*parse(["-t", "--no-test", "-l", str(tmp_path), *QUIET, "trainer.max_epochs=1"]))
     with pytest.raises(RuntimeError, match="boom at step 5"):
-        pixelforge.run.run(cfg)
+        pixelforge.train.run(cfg)
     checkpoints = Path(cfg.run_dir) / "checkpoints"
     assert files_in(checkpoints) == ["last.ckpt"]  # and no temporary file
     ckpt = torch.load(checkpoints / "last.ckpt", weights_only=True)  # loadable the way a resume loads it
@@ -164,7 +164,7 @@ class Training:
         self.logdir, self.log = logdir, logdir.parent / f"{logdir.name}.log"
         argv = [sys.executable, "main.py", "-t", "--no-test", "-l", str(logdir), *QUIET,
                 f"trainer.max_epochs={MAX_EPOCHS}", "callbacks.model_checkpoint.save_last=false"]
-        env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", pixelforge.run.RUN_DIR_ENV)}
+        env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", pixelforge.train.RUN_DIR_ENV)}
         env["OMP_NUM_THREADS"] = "1"  # two of these run at once beside the test process
         # Python turns SIGINT into KeyboardInterrupt only where it was not ignored at start, and an ignored SIGINT
         # (pytest started as a background job) would be inherited: catching it here makes it SIG_DFL in the child.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pixelforge.cli import main
-from pixelforge.run import FINISHED
+from pixelforge.runs import FINISHED
 
 QUICK = ["trainer.max_epochs=3", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
          "trainer.num_sanity_val_steps=0", "data.batch_size=8", "data.eval_batch_size=8",

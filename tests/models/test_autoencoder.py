@@ -7,9 +7,9 @@ from functools import partial
 import pytest
 import torch
 
+from pixelforge.data.corruption import build_corruption, gaussian_noise, mask, salt_pepper
 from pixelforge.models.autoencoder import Autoencoder, difference_map
 from pixelforge.modules.autoencoder import ConvAutoencoder
-from pixelforge.utils.corruption import build_corruption, gaussian_noise, mask, salt_pepper
 
 
 def tiny_ae(latent_dim: int | None = 8, **kwargs) -> Autoencoder:

@@ -16,7 +16,7 @@ from pixelforge.cli import compose_config, parse
 from pixelforge.diffusion.schedule import NoiseSchedule
 from pixelforge.models.diffusion import DDPM
 from pixelforge.modules.unet import UNetModel
-from pixelforge.run import run
+from pixelforge.train import run
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from runner import TINY
 
 from pixelforge.cli import compose_config, parse
-from pixelforge.run import run
+from pixelforge.train import run
 
 SHAPES = ["data.image_size=16", "data.dataset.num_samples={train: 64, val: 16, test: 16, heldout: 16}",
           "data.batch_size=16"]

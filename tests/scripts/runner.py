@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixelforge.cli import compose_config, parse
-from pixelforge.run import run
+from pixelforge.train import run
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["data=digits", "data.image_size=8", "trainer.max_steps=3", "trainer.limit_val_batches=1",

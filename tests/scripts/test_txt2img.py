@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 from runner import script
 
 from pixelforge.cli import compose_config, parse
-from pixelforge.run import load_run, run
+from pixelforge.runs import load_run
+from pixelforge.train import run
 from pixelforge.utils.scripts import load_image
 
 FAST = ("--ddim_steps", "2", "--n_samples", "2")

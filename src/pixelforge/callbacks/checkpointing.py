@@ -20,6 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from pixelforge.checkpoints import explain
+from pixelforge.runs import moved
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -50,13 +51,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def moved(path: str, old: str, new: str) -> str:
-    """``path`` with the directory prefix ``old`` replaced by ``new`` (unchanged when it is not under ``old``)."""
-    if path == old or path.startswith(old.rstrip(os.sep) + os.sep):
-        return new + path[len(old):]
-    return path
 
 
 class RunCheckpoint(ModelCheckpoint):

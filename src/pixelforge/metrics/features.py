@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pixelforge.run import find_checkpoint, load_run
+from pixelforge.runs import find_checkpoint, load_run
 
 
 class ClassifierFeatures(nn.Module):

@@ -9,10 +9,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from pixelforge.data.corruption import build_corruption
 from pixelforge.metrics.reconstruction import psnr
 from pixelforge.modules.autoencoder import ConvAutoencoder
 from pixelforge.optim import configure_optimizer
-from pixelforge.utils.corruption import build_corruption
 
 LOSSES = {"l2": F.mse_loss, "l1": F.l1_loss}
 

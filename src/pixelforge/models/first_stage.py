@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixelforge.gan.losses import check_loss, discriminator_loss, generator_loss
+from pixelforge.adversarial.losses import check_loss, discriminator_loss, generator_loss
+from pixelforge.metrics.features import ClassifierFeatures
 from pixelforge.metrics.fid import fid
 from pixelforge.metrics.reconstruction import psnr, ssim
 from pixelforge.models.autoencoder import LOSSES, difference_map
@@ -43,8 +44,6 @@ def build_perceptual(perceptual: Mapping[str, Any] | None) -> tuple[nn.Module | 
     if set(perceptual) != PERCEPTUAL_KEYS:
         raise ValueError(f"perceptual needs exactly the keys {sorted(PERCEPTUAL_KEYS)} (or null), got "
                          f"{sorted(perceptual)}")
-    from pixelforge.metrics.features import ClassifierFeatures  # imports pixelforge.run, which imports models
-
     return ClassifierFeatures(perceptual["run"]).classifier, float(perceptual["weight"])
 
 
@@ -52,8 +51,6 @@ def build_rfid_features(run: str | None) -> nn.Module | None:
     """The frozen feature extractor of a pixelforge classifier run for rFID, or None without one."""
     if run is None:
         return None
-    from pixelforge.metrics.features import ClassifierFeatures
-
     return ClassifierFeatures(run)
 
 

@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchvision.utils import make_grid
 
-from pixelforge.gan.diffaugment import diff_augment, parse_policy
-from pixelforge.gan.losses import check_loss, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+from pixelforge.adversarial.diffaugment import diff_augment, parse_policy
+from pixelforge.adversarial.losses import check_loss, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from pixelforge.modules.ema import EMA
 from pixelforge.optim import optimizer_step
 

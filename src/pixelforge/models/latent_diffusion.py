@@ -14,7 +14,7 @@ from torch import nn
 from pixelforge.models.diffusion import DDPM
 from pixelforge.models.first_stage import FirstStageModel
 from pixelforge.modules.conditioning import ConditionedUNet
-from pixelforge.run import load_run
+from pixelforge.runs import load_run, model_config
 from pixelforge.utils.images import caption_images
 
 CONDITIONING_KEYS = ("crossattn", "concat", "hybrid", "class", None)
@@ -31,7 +31,7 @@ def load_first_stage(spec: Mapping[str, Any]) -> FirstStageModel:
         saved = Path(run) / "configs" / "config.yaml" if run else None
         _, model = load_run(ckpt or run, saved)
     elif config is not None:
-        model = instantiate({k: v for k, v in dict(config).items() if k != "base_learning_rate"}, _convert_="all")
+        model = instantiate(model_config(config), _convert_="all")
     else:
         hint = (f"; experiment {spec['experiment']!r} is turned into a run by main.py -t"
                 if spec.get("experiment") else "")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pixelforge.diffusion.samplers import SAMPLERS
 from pixelforge.models.latent_diffusion import LatentDiffusion
-from pixelforge.run import load_run_or_exit
+from pixelforge.runs import load_run
 from pixelforge.utils.images import grid, save_png, to_uint8
 
 DEFAULT_PROMPT = "a large red circle in the center"
@@ -63,6 +63,14 @@ def fail(prog: str, message: str) -> NoReturn:
     """Print ``prog: error: message`` and exit with 2, as argparse and ``load_run_or_exit`` do."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def load_run_or_exit(path: str | Path, config: str | Path | None, prog: str) -> tuple[Any, Any]:
+    """``load_run`` for command-line scripts: a missing or unfit run prints ``prog: error: ...`` and exits with 2."""
+    try:
+        return load_run(path, config)
+    except (FileNotFoundError, ValueError) as error:
+        fail(prog, str(error))
 
 
 def next_number(folder: Path, pattern: str) -> int:

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pixelforge.gan import diff_augment, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
-from pixelforge.gan.diffaugment import rand_cutout, rand_translation
+from pixelforge.adversarial import diff_augment, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+from pixelforge.adversarial.diffaugment import rand_cutout, rand_translation
 
 REAL, FAKE = torch.tensor([2.0, -0.5]), torch.tensor([0.5, -3.0])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelforge.utils.latent import attribute_vector, fit_gaussian, interpolate, project_2d
+from pixelforge.inference.latent import attribute_vector, fit_gaussian, interpolate, project_2d
 
 
 def test_project_2d_keeps_2d_latents_and_finds_principal_axes() -> None:

@@ -16,15 +16,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pixelforge.callbacks.checkpointing import AtomicCheckpointIO, moved
-from pixelforge.checkpoints import check_checkpoint, load_checkpoint
-from pixelforge.utils.printing import print_banner
+from pixelforge.banner import print_banner
+from pixelforge.callbacks.checkpointing import AtomicCheckpointIO
+from pixelforge.checkpoints import check_checkpoint
+from pixelforge.runs import FINISHED, model_config
 from pixelforge.validation import ConfigError, check_config
 
 RUN_DIR_ENV = "PIXELFORGE_RUN_DIR"
-FINISHED = "finished"  # written into a run directory when its training completes (not when interrupted)
 
 
 def is_child_process() -> bool:
@@ -67,26 +67,6 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
     os.replace(tmp, configs / "config.yaml")
 
 
-def relocate(cfg: DictConfig, old: str, new: str) -> None:
-    """Point every path under run directory ``old`` in the saved ``cfg`` at ``new`` (the run was moved).
-
-    A saved config is resolved, so ``${run_dir}/checkpoints`` became an absolute path: without this, a moved run
-    resumed with ``-r`` would write its checkpoints and logs into its old location, re-created.
-    """
-    nodes = [cfg]
-    while nodes:
-        node = nodes.pop()
-        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-        for key in keys:
-            if OmegaConf.is_missing(node, key):
-                continue
-            value = node[key]
-            if isinstance(value, (DictConfig, ListConfig)):
-                nodes.append(value)
-            elif isinstance(value, str):
-                node[key] = moved(value, old, new)
-
-
 def learning_rate(model_cfg: DictConfig, scale_lr: bool, trainer: L.Trainer, batch_size: int) -> float:
     """The optimizer's lr: an explicit ``model.optimizer.lr``, else the base lr, scaled as in CompVis."""
     base = model_cfg.base_learning_rate
@@ -104,59 +84,13 @@ def learning_rate(model_cfg: DictConfig, scale_lr: bool, trainer: L.Trainer, bat
     return float(lr)
 
 
-def build_model(cfg: DictConfig, trainer: L.Trainer | None = None) -> L.LightningModule:
-    """Instantiate ``cfg.model``; for training (a ``trainer``) ``base_learning_rate`` becomes the optimizer's lr."""
-    model_cfg = cfg.model.copy()
-    with open_dict(model_cfg):
-        if "base_learning_rate" in model_cfg:
-            if trainer is not None:
-                model_cfg.optimizer.lr = learning_rate(model_cfg, cfg.scale_lr, trainer, cfg.data.batch_size)
-            del model_cfg["base_learning_rate"]
+def build_model(cfg: DictConfig, trainer: L.Trainer) -> L.LightningModule:
+    """Instantiate ``cfg.model`` for training: ``base_learning_rate`` becomes the optimizer's lr."""
+    model_cfg = model_config(cfg.model)
+    if "base_learning_rate" in cfg.model:
+        with open_dict(model_cfg):
+            model_cfg.optimizer.lr = learning_rate(cfg.model, cfg.scale_lr, trainer, cfg.data.batch_size)
     return instantiate(model_cfg, _convert_="all")
-
-
-def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """A run directory or a checkpoint inside one -> (checkpoint, the run's saved config)."""
-    path = Path(path)
-    if path.is_dir():
-        ckpt = path / "checkpoints" / "last.ckpt"
-        run_dir = path
-    else:
-        ckpt = path
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt}; pass a run directory (with checkpoints/last.ckpt) "
-                                "or a .ckpt file")
-    return ckpt, run_dir / "configs" / "config.yaml"
-
-
-def load_run(path: str | Path, config: str | Path | None = None,
-             map_location: str | torch.device = "cpu") -> tuple[DictConfig, L.LightningModule]:
-    """Rebuild a trained model from its run: the saved (or given) config instantiates it, the checkpoint fills it.
-
-    Scripts and metrics load models only through here, so no script re-implements a model.
-    """
-    ckpt_path, saved_config = find_checkpoint(path)
-    config = Path(config) if config else saved_config
-    if not config.is_file():
-        raise FileNotFoundError(f"no config at {config}; pass --config with the run's configs/config.yaml")
-    cfg = OmegaConf.load(config)
-    model = build_model(cfg)
-    checkpoint = load_checkpoint(ckpt_path, map_location)
-    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{ckpt_path} does not fit the model of {config}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    return cfg, model.eval()
-
-
-def load_run_or_exit(path: str | Path, config: str | Path | None, prog: str) -> tuple[DictConfig, L.LightningModule]:
-    """``load_run`` for command-line scripts: a missing or unfit run prints ``prog: error: ...`` and exits with 2."""
-    try:
-        return load_run(path, config)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:

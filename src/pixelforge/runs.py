@@ -1,0 +1,95 @@
+"""The run-directory format, at the bottom of the house: find a run's checkpoint and config, rebuild its model,
+tell a finished run, move a run. Models, metrics, scripts and training import it; it imports none of them.
+
+A run directory is ``<logdir>/<YYYY-MM-DDTHH-MM-SS>_<name><postfix>/`` with ``configs/config.yaml`` (the resolved
+config), ``checkpoints/last.ckpt`` (+ top-k), ``tensorboard/``, ``images/`` and, once training completed, the file
+``finished``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from pixelforge.checkpoints import load_checkpoint
+
+FINISHED = "finished"  # written into a run directory when its training completes (not when interrupted)
+TRAINING_KEYS = ("base_learning_rate",)  # model keys that training reads and removes before instantiation
+
+
+def model_config(model: DictConfig | Mapping[str, Any]) -> DictConfig:
+    """``model`` without the keys only training reads (``base_learning_rate``): what instantiates the model."""
+    model = model.copy() if isinstance(model, DictConfig) else OmegaConf.create(dict(model))
+    with open_dict(model):
+        for key in TRAINING_KEYS:
+            model.pop(key, None)
+    return model
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """A run directory or a checkpoint inside one -> (checkpoint, the run's saved config)."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        run_dir = path
+    else:
+        ckpt = path
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}; pass a run directory (with checkpoints/last.ckpt) "
+                                "or a .ckpt file")
+    return ckpt, run_dir / "configs" / "config.yaml"
+
+
+def load_run(path: str | Path, config: str | Path | None = None,
+             map_location: str | torch.device = "cpu") -> tuple[DictConfig, L.LightningModule]:
+    """Rebuild a trained model from its run: the saved (or given) config instantiates it, the checkpoint fills it.
+
+    Scripts and metrics load models only through here, so no script re-implements a model.
+    """
+    ckpt_path, saved_config = find_checkpoint(path)
+    config = Path(config) if config else saved_config
+    if not config.is_file():
+        raise FileNotFoundError(f"no config at {config}; pass --config with the run's configs/config.yaml")
+    cfg = OmegaConf.load(config)
+    model = instantiate(model_config(cfg.model), _convert_="all")
+    checkpoint = load_checkpoint(ckpt_path, map_location)
+    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt_path} does not fit the model of {config}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return cfg, model.eval()
+
+
+def moved(path: str, old: str, new: str) -> str:
+    """``path`` with the directory prefix ``old`` replaced by ``new`` (unchanged when it is not under ``old``)."""
+    if path == old or path.startswith(old.rstrip(os.sep) + os.sep):
+        return new + path[len(old):]
+    return path
+
+
+def relocate(cfg: DictConfig, old: str, new: str) -> None:
+    """Point every path under run directory ``old`` in the saved ``cfg`` at ``new`` (the run was moved).
+
+    A saved config is resolved, so ``${run_dir}/checkpoints`` became an absolute path: without this, a moved run
+    resumed with ``-r`` would write its checkpoints and logs into its old location, re-created.
+    """
+    nodes = [cfg]
+    while nodes:
+        node = nodes.pop()
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for key in keys:
+            if OmegaConf.is_missing(node, key):
+                continue
+            value = node[key]
+            if isinstance(value, (DictConfig, ListConfig)):
+                nodes.append(value)
+            elif isinstance(value, str):
+                node[key] = moved(value, old, new)
