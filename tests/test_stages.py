@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from pixelforge.cli import compose_config, main, parse
-from pixelforge.runs import FINISHED
-from pixelforge.stages import finished_runs, resolve_first_stage, single_process
+from pixelforge.cli import compose_config, main, parse, run_plan
+from pixelforge.models.first_stage import FirstStageModel
+from pixelforge.runs import FINISHED, finished_runs
+from pixelforge.stages import plan, single_process
 
 QUIET = ["trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar=null",
          "trainer.accelerator=cpu", "trainer.devices=1", "data.image_size=16", "data.batch_size=8",
@@ -26,26 +29,84 @@ def compose_tiny_first(overrides: list[str]):
     return compose_config(*parse([*overrides, *TINY_FIRST]))
 
 
+def tiny_ldm(logdir: Path, *extra: str):
+    return compose_config(*parse(["-t", "-l", str(logdir), *TINY_LDM, *extra]))
+
+
 def test_trains_the_first_stage_when_missing_then_reuses_it(tmp_path: Path) -> None:
-    cfg = compose_config(*parse(["-t", "-l", str(tmp_path), *TINY_LDM]))
+    cfg = tiny_ldm(tmp_path)
     assert finished_runs(tmp_path, "autoencoder_kl_shapes") == []
-    resolve_first_stage(cfg, compose_tiny_first)
+    steps = plan(cfg, compose_tiny_first)
+    assert len(steps) == 2 and steps[0].experiment_name == "autoencoder_kl_shapes" and steps[1] is cfg
+    assert run_plan(steps) == 0
     (first,) = finished_runs(tmp_path, "autoencoder_kl_shapes")
     assert cfg.model.first_stage.run == str(first) and (first / FINISHED).is_file()
     assert OmegaConf.load(first / "configs" / "config.yaml").seed == cfg.seed  # trained as the LDM would run
+    assert (Path(cfg.run_dir) / FINISHED).is_file()  # then the LDM trained on it
 
-    again = compose_config(*parse(["-t", "-l", str(tmp_path), *TINY_LDM]))
-    resolve_first_stage(again, lambda overrides: pytest.fail("must reuse, not train"))
+    again = tiny_ldm(tmp_path)
+    assert plan(again, lambda overrides: pytest.fail("must reuse, not train")) == [again]
     assert again.model.first_stage.run == str(first)
 
 
 def test_main_trains_the_ldm_on_a_reused_first_stage(tmp_path: Path) -> None:
-    resolve_first_stage(compose_config(*parse(["-t", "-l", str(tmp_path), *TINY_LDM])), compose_tiny_first)
+    run_plan(plan(tiny_ldm(tmp_path), compose_tiny_first)[:1])
     assert main(["-t", "--no-test", "-l", str(tmp_path), *TINY_LDM]) == 0
     (ldm,) = tmp_path.glob("*_ldm_shapes_txt2img")
     saved = OmegaConf.load(ldm / "configs" / "config.yaml")
     assert saved.model.first_stage.run == str(finished_runs(tmp_path, "autoencoder_kl_shapes")[0])
     assert (ldm / FINISHED).is_file() and (ldm / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_first_stage_named_with_n_and_f_is_reused(tmp_path: Path) -> None:
+    first = compose_tiny_first(["-t", "-l", str(tmp_path), "experiment=autoencoder_kl_shapes", "-n", "mine",
+                                "-f", "_v2"])
+    assert run_plan([first]) == 0
+    assert Path(first.run_dir).name.endswith("_mine_v2")
+    cfg = tiny_ldm(tmp_path)
+    assert plan(cfg, lambda overrides: pytest.fail("must reuse, not train")) == [cfg]
+    assert cfg.model.first_stage.run == first.run_dir
+
+
+def test_a_run_of_another_experiment_with_a_matching_suffix_is_not_reused(tmp_path: Path) -> None:
+    other = tmp_path / "2026-01-01T00-00-00_my_autoencoder_kl_shapes"  # -n my_autoencoder_kl_shapes of the VQ
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "configs").mkdir()
+    (other / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (other / FINISHED).write_text("global_step 2\n")
+    (other / "configs" / "config.yaml").write_text("experiment_name: autoencoder_vq_shapes\n"
+                                                    "name: my_autoencoder_kl_shapes\n")
+    assert finished_runs(tmp_path, "autoencoder_kl_shapes") == []
+    assert finished_runs(tmp_path, "autoencoder_vq_shapes") == [other]
+    assert len(plan(tiny_ldm(tmp_path), compose_tiny_first)) == 2  # trains its own first stage
+
+
+def test_an_error_while_training_the_first_stage_is_a_traceback(tmp_path: Path, monkeypatch) -> None:
+    def broken(self, batch, batch_idx):
+        raise ValueError("boom in the first stage's training step")
+
+    monkeypatch.setattr(FirstStageModel, "training_step", broken)
+    steps = plan(tiny_ldm(tmp_path), compose_tiny_first)
+    with pytest.raises(ValueError, match="boom"):  # not main.py's exit 2 for configs
+        run_plan(steps)
+    first = Path(steps[0].run_dir)
+    assert (first / "checkpoints" / "last.ckpt").is_file() and not (first / FINISHED).exists()
+    assert list(tmp_path.iterdir()) == [first]  # the LDM never started
+
+
+def test_sigterm_during_the_first_stage_saves_it_and_stops_the_plan(tmp_path: Path, monkeypatch, capsys) -> None:
+    step = FirstStageModel.training_step
+
+    def terminated(self, batch, batch_idx):
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning stops after this batch
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(FirstStageModel, "training_step", terminated)
+    steps = plan(tiny_ldm(tmp_path), compose_tiny_first)
+    assert run_plan(steps) == 128 + signal.SIGTERM
+    first = Path(steps[0].run_dir)
+    assert f"python main.py -t -r {first}" in capsys.readouterr().err
+    assert (first / "checkpoints" / "last.ckpt").is_file() and list(tmp_path.iterdir()) == [first]
 
 
 def test_unfinished_runs_are_not_reused_and_testing_needs_one(tmp_path: Path, capsys) -> None:

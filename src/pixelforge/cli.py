@@ -14,15 +14,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
-
-from pixelforge.callbacks.nonfinite import NonFiniteLossError
-from pixelforge.runs import find_checkpoint, relocate
-from pixelforge.stages import resolve_first_stage
-from pixelforge.train import check_runnable, run
-from pixelforge.validation import ConfigError, check_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_GROUPS = frozenset(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())  # data, model, trainer ...
@@ -159,6 +152,8 @@ def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
 
 def find_resume(path: str) -> tuple[Path, Path]:
     """``-r`` target -> (run directory, checkpoint); accepts a run directory or a ``.ckpt`` inside one."""
+    from pixelforge.runs import find_checkpoint
+
     if not Path(path).exists():
         raise CLIError(f"cannot resume {path!r}: no such run directory or checkpoint")
     try:
@@ -214,6 +209,8 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
         run_dir, ckpt = find_resume(args.resume)
         cfg = OmegaConf.load(run_dir / "configs" / "config.yaml")
         if cfg.get("run_dir") and Path(cfg.run_dir) != run_dir:
+            from pixelforge.runs import relocate
+
             print(f"main.py: {run_dir} was made as {cfg.run_dir}; its paths now point into {run_dir}", file=sys.stderr)
             relocate(cfg, cfg.run_dir, str(run_dir))
         cfg.train, cfg.test = False, True  # per invocation, as in CompVis: -t trains on, no -t only tests
@@ -228,8 +225,9 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
     choices = cfg.hydra.runtime.choices
     with open_dict(cfg):
         del cfg["hydra"]
+        cfg.experiment_name = choices.get("experiment")
         if cfg.name is None:
-            cfg.name = choices.get("experiment") or "run"
+            cfg.name = cfg.experiment_name or "run"
     if args.base:
         with open_dict(cfg):
             cfg.merge_with(*[load_base(base) for base in args.base])
@@ -270,18 +268,54 @@ def lr_hint(cfg: DictConfig) -> str:
 
 
 def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-    """Compose one config and run it; configuration errors become a message and exit code 2."""
+    """Compose one config, plan it (first stage first, when one must be trained) and run the plan.
+
+    One error policy for every step: a config that cannot run is a message and exit code 2 before anything is
+    written; SIGTERM and a non-finite loss are a message with the command that continues; any other error in
+    training is a traceback (``last.ckpt`` saved) and a non-zero exit.
+    """
     try:
         cfg = compose_config(args, overrides)
         if args.print_config:
             print(OmegaConf.to_yaml(cfg, resolve=True))
             return 0
-        check_runnable(cfg)
-        check_config(cfg)  # before a first stage trains for a run that could not start
-        resolve_first_stage(cfg, lambda first: compose_config(parse([])[0], first))
+        # torch and Lightning are imported only once a run starts, so --help and --print-config answer at once
+        from pixelforge.stages import plan
+        from pixelforge.train import check_runnable
+        from pixelforge.validation import check_config
+
+        steps = plan(cfg, lambda first: compose_config(parse([])[0], first))
+        for step in steps:  # every step is checked before the first one runs
+            check_runnable(step)
+            check_config(step)
     except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
+    return run_plan(steps)
+
+
+def run_plan(steps: Sequence[DictConfig]) -> int:
+    """Run a plan's configs in order, the last one on the first stage the others trained; the first non-zero
+    exit code ends it (see ``run_one``)."""
+    from pixelforge.stages import connect
+
+    for i, step in enumerate(steps):
+        if i and i == len(steps) - 1:
+            connect(step, steps[0])
+        code = run_step(step)
+        if code:
+            return code
+    return 0
+
+
+def run_step(cfg: DictConfig) -> int:
+    """Run one config of a plan; returns the exit code (see ``run_one``)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from pixelforge.callbacks.nonfinite import NonFiniteLossError
+    from pixelforge.train import run
+    from pixelforge.validation import ConfigError
+
     try:
         run(cfg)
     except ConfigError as error:

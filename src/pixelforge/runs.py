@@ -68,6 +68,36 @@ def load_run(path: str | Path, config: str | Path | None = None,
     return cfg, model.eval()
 
 
+def is_finished(run_dir: str | Path) -> bool:
+    """Whether the run's training completed (not interrupted, not stopped by a non-finite loss)."""
+    run_dir = Path(run_dir)
+    return (run_dir / FINISHED).is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def experiment_of(run_dir: str | Path) -> str | None:
+    """The experiment the run was composed from, as its saved config records it (runs made before the
+    ``experiment_name`` key: their ``name``, which was the experiment's unless ``-n`` set another)."""
+    config = Path(run_dir) / "configs" / "config.yaml"
+    if not config.is_file():
+        return None
+    saved = OmegaConf.load(config)
+    return saved.get("experiment_name", saved.get("name"))
+
+
+def finished_runs(logdir: str | Path, experiment: str) -> list[Path]:
+    """Finished run directories under ``logdir`` composed from ``experiment``, oldest first.
+
+    Matched by the saved config, not the folder name: a run named with ``-n``/``-f`` is found, and one of an
+    experiment whose name merely ends the same (``kl_shapes`` vs ``autoencoder_kl_shapes``) is not.
+    """
+    root = Path(logdir)
+    if not root.is_dir():
+        return []
+    runs = [path for path in root.iterdir()
+            if path.is_dir() and is_finished(path) and experiment_of(path) == experiment]
+    return sorted(runs, key=lambda path: path.name)
+
+
 def moved(path: str, old: str, new: str) -> str:
     """``path`` with the directory prefix ``old`` replaced by ``new`` (unchanged when it is not under ``old``)."""
     if path == old or path.startswith(old.rstrip(os.sep) + os.sep):

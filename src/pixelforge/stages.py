@@ -1,5 +1,5 @@
-"""Two-stage recipes: a latent-diffusion config names its first-stage experiment; reuse its newest finished run
-under the log directory, or train it first."""
+"""Two-stage recipes as a plan: a latent-diffusion config names its first-stage experiment; reuse the newest
+finished run of that experiment under the log directory, or put a run of it first in the plan."""
 
 from __future__ import annotations
 
@@ -10,20 +10,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, open_dict
 
-from pixelforge.runs import FINISHED
-from pixelforge.train import run
+from pixelforge.runs import finished_runs, is_finished
 
 DEVICE_KEYS = ("accelerator", "devices", "precision")
-
-
-def finished_runs(logdir: str | Path, experiment: str) -> list[Path]:
-    """Run directories ``<logdir>/<time>_<experiment>`` whose training finished (oldest first)."""
-    root = Path(logdir)
-    if not root.is_dir():
-        return []
-    runs = [path for path in root.glob(f"*_{experiment}")
-            if (path / FINISHED).is_file() and (path / "checkpoints" / "last.ckpt").is_file()]
-    return sorted(runs, key=lambda path: path.name)
 
 
 def single_process(cfg: DictConfig) -> bool:
@@ -45,34 +34,43 @@ def first_stage_overrides(cfg: DictConfig, experiment: str) -> list[str]:
     return overrides + [f"trainer.{key}={cfg.trainer[key]}" for key in DEVICE_KEYS if key in cfg.trainer]
 
 
-def resolve_first_stage(cfg: DictConfig, compose: Callable[[list[str]], DictConfig]) -> None:
-    """Point ``model.first_stage.run`` of ``cfg`` at a finished run of its ``experiment``, training one if none.
+def plan(cfg: DictConfig, compose: Callable[[list[str]], DictConfig]) -> list[DictConfig]:
+    """The configs to run, in order: ``[cfg]``, or ``[first stage, cfg]`` when ``cfg`` needs a first stage trained.
 
-    Does nothing when the model has no first stage or already names a run or checkpoint. ``compose`` turns
-    overrides into a config as ``main.py`` would.
+    A model whose ``first_stage`` names an ``experiment`` (and no run or checkpoint) is pointed at the newest
+    finished run of it under the log directory; without one, a run of it is planned first (``connect`` then
+    points ``cfg`` at it). ``compose`` turns overrides into a config as ``main.py`` would. Nothing runs here.
     """
     spec = cfg.model.get("first_stage") if "model" in cfg else None
     if not spec or spec.get("run") or spec.get("ckpt") or not spec.get("experiment"):
-        return
+        return [cfg]
     experiment = spec.experiment
     runs = finished_runs(cfg.logdir, experiment)
     if runs:
-        run_dir = runs[-1]
-        rank_zero_info(f"First stage: reusing {run_dir} (newest finished {experiment} run under {cfg.logdir})")
-    elif not cfg.train:
+        rank_zero_info(f"First stage: reusing {runs[-1]} (newest finished {experiment} run under {cfg.logdir})")
+        point_at(cfg, runs[-1])
+        return [cfg]
+    if not cfg.train:
         raise ValueError(f"no finished {experiment} run under {cfg.logdir} for model.first_stage; train with -t "
                          f"(the first stage trains first) or set model.first_stage.run=<run directory>")
-    elif not single_process(cfg):
+    if not single_process(cfg):
         raise ValueError(f"no finished {experiment} run under {cfg.logdir}, and it is not trained automatically "
                          f"under multi-process training: run `python main.py -t experiment={experiment} "
                          f"-l {cfg.logdir}` first, or set model.first_stage.run=<run directory>")
-    else:
-        rank_zero_info(f"First stage: no finished {experiment} run under {cfg.logdir}; training it first")
-        first = compose(first_stage_overrides(cfg, experiment))
-        run(first)
-        run_dir = Path(first.run_dir)
-        if not (run_dir / FINISHED).is_file():
-            raise ValueError(f"the first stage {run_dir} did not finish training; resume it with "
-                               f"`python main.py -t -r {run_dir}`, then run this command again")
+    rank_zero_info(f"First stage: no finished {experiment} run under {cfg.logdir}; training it first")
+    return [compose(first_stage_overrides(cfg, experiment)), cfg]
+
+
+def point_at(cfg: DictConfig, run_dir: Path) -> None:
+    """Make ``cfg``'s model use the first-stage run ``run_dir``."""
     with open_dict(cfg):
         cfg.model.first_stage.run = str(run_dir)
+
+
+def connect(cfg: DictConfig, first: DictConfig) -> None:
+    """Point ``cfg`` at the first stage ``first`` that the plan just trained; it must have finished."""
+    run_dir = Path(first.run_dir)
+    if not is_finished(run_dir):
+        raise RuntimeError(f"the first stage {run_dir} did not finish training; resume it with "
+                           f"`python main.py -t -r {run_dir}`, then run this command again")
+    point_at(cfg, run_dir)

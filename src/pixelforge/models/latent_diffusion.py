@@ -24,7 +24,7 @@ def load_first_stage(spec: Mapping[str, Any]) -> FirstStageModel:
     """The frozen autoencoder ``spec`` names: a ``run`` directory and/or ``ckpt`` file, or a model ``config``.
 
     ``experiment`` alone is resolved to a finished run (training one if needed) by ``main.py`` before the model
-    is built; see :func:`pixelforge.stages.resolve_first_stage`.
+    is built; see :func:`pixelforge.stages.plan`.
     """
     run, ckpt, config = spec.get("run"), spec.get("ckpt"), spec.get("config")
     if run or ckpt:
