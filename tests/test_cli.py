@@ -262,3 +262,17 @@ def test_experiment_outside_the_experiment_folder_is_refused(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert "unknown config experiment/" in err and "classifier_cnn_digits" in err and "-b FILE" in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_help_and_print_config_import_neither_torch_nor_lightning() -> None:
+    code = ("import contextlib, io, sys\n"
+            "from pixelforge.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['--print-config', 'experiment=classifier_cnn_digits']) == 0\n"
+            "    try:\n"
+            "        main(['--help'])\n"
+            "    except SystemExit as exit_:\n"
+            "        assert exit_.code == 0\n"
+            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
