@@ -27,11 +27,11 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from pixelforge.inference.arguments import load_run_or_exit
 from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples
 from pixelforge.metrics.likelihood import evaluate_likelihood
 from pixelforge.metrics.reconstruction import evaluate_reconstructions
-from pixelforge.utils.scripts import load_run_or_exit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import sys
 
-from pixelforge.utils.scripts import (
-    load_image,
-    load_text_model,
-    output_size,
+from pixelforge.inference import SampleWriter, load_image, load_text_model, output_size, sample_batches
+from pixelforge.inference.arguments import (
+    device_of,
+    exit_on_error,
     prompt_batches,
-    sample_to_outdir,
+    sample_record,
+    sampling_flags,
     text_to_image_parser,
 )
 
@@ -36,15 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.strength <= 1:
         parser.error(f"--strength {args.strength} must be in (0, 1] (1 replaces the init image entirely)")
-    batches = prompt_batches(args, PROG)
-    model = load_text_model(args, PROG)
-    height, width = output_size(model, args, PROG)
-    mode = "L" if model.first_stage.in_channels == 1 else "RGB"
-    inputs = {"init_images": load_image(args.init_img, height, width, mode, PROG) * 2 - 1}
-    if args.mask is not None:
-        inputs["keep_mask"] = 1 - load_image(args.mask, height, width, "L", PROG)
-    record = {"init_img": args.init_img, "strength": args.strength, "mask": args.mask}
-    sample_to_outdir(model, args, PROG, batches, (height, width), record, strength=args.strength, **inputs)
+    with exit_on_error(PROG):
+        batches = prompt_batches(args)
+        model = load_text_model(args.ckpt, args.config, device_of(args), args.C, args.f)
+        height, width = output_size(model, args.H, args.W)
+        mode = "L" if model.first_stage.in_channels == 1 else "RGB"
+        init_image = load_image(args.init_img, height, width, mode) * 2 - 1
+        mask = None if args.mask is None else load_image(args.mask, height, width, "L")
+        options = sampling_flags(args, PROG)
+        extra = {"init_img": args.init_img, "strength": args.strength, "mask": args.mask}
+        writer = SampleWriter(args.outdir, sample_record(args, options, height, width, **extra), args.skip_save,
+                              args.skip_grid, args.n_rows or args.n_samples)
+        sample_batches(model, batches, writer, seed=args.seed, n_iter=args.n_iter, fixed_code=args.fixed_code,
+                       height=height, width=width, precision=args.precision, init_image=init_image,
+                       strength=args.strength, mask=mask, **options)
     return 0
 
 

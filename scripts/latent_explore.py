@@ -22,9 +22,9 @@ from hydra.utils import instantiate
 from matplotlib.figure import Figure
 
 from pixelforge.data.shapes import COLORS, POSITIONS, SHAPES, SIZES
+from pixelforge.inference.arguments import load_run_or_exit
 from pixelforge.inference.latent import attribute_vector, encode_dataset, fit_gaussian, interpolate, project_2d
 from pixelforge.utils.images import grid, save_png
-from pixelforge.utils.scripts import load_run_or_exit
 
 LABEL_KEYS = ("label", "shape", "color", "size", "position")
 CLASS_NAMES = {"shape": SHAPES, "color": COLORS, "size": SIZES, "position": POSITIONS}

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import sys
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from pixelforge.diffusion.samplers import SAMPLERS
-from pixelforge.utils.images import grid, save_png, to_uint8
-from pixelforge.utils.scripts import add_run_arguments, autocast, best_device, load_run_or_exit
+from pixelforge.inference import SampleWriter, autocast, best_device
+from pixelforge.inference.arguments import add_run_arguments, device_of, load_run_or_exit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,32 +91,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sample.py: error: {args.ckpt} holds a {type(model).__name__}, which cannot generate images",
               file=sys.stderr)
         return 2
-    device = torch.device(args.device) if args.device else best_device()
+    device = device_of(args) or best_device()
     model = model.to(device)
     labels, row = requested_labels(model, args.class_label, args.n_samples, args.seed)
     total = len(labels) if labels is not None else args.n_samples
     generator = torch.Generator(device).manual_seed(args.seed)
     sample_kwargs = sampling_options(model, args)
-    images = []
+    writer = SampleWriter(args.outdir, {"ckpt": str(args.ckpt), "seed": args.seed, **sample_kwargs},
+                          n_rows=row or None)
     with autocast(device, args.precision), tqdm(total=total, desc="sampling", unit="img") as bar:
         for start in range(0, total, args.batch_size):
             count = min(args.batch_size, total - start)
             chunk = labels[start:start + count].to(device) if labels is not None else None
-            images.append(model.sample(count, labels=chunk, generator=generator, **sample_kwargs).float().cpu())
+            images = model.sample(count, labels=chunk, generator=generator, **sample_kwargs).float().cpu()
+            extras = None if chunk is None else [{"label": label} for label in chunk.tolist()]
+            writer.add(images, [None] * count, extras)
             bar.update(count)
-    images = torch.cat(images)
-    outdir = Path(args.outdir)
-    (outdir / "samples").mkdir(parents=True, exist_ok=True)
-    first = len(list((outdir / "samples").glob("*.png")))
-    for i, image in enumerate(to_uint8(images)):
-        save_png(image, outdir / "samples" / f"{first + i:05d}.png")
-    save_png(grid(images, nrow=row or None), outdir / f"grid-{first:05d}.png")
-    record = {"ckpt": str(args.ckpt), "seed": args.seed, "n": total, **sample_kwargs,
-              "labels": labels.tolist() if labels is not None else None}
-    (outdir / f"samples-{first:05d}.json").write_text(json.dumps(record, indent=2))
-    print(f"wrote {total} images to {outdir / 'samples'} and the grid {outdir / f'grid-{first:05d}.png'}")
+    writer.finish()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

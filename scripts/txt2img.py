@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import sys
 
-from pixelforge.utils.scripts import (
-    load_text_model,
-    output_size,
+from pixelforge.inference import SampleWriter, load_text_model, output_size, sample_batches
+from pixelforge.inference.arguments import (
+    device_of,
+    exit_on_error,
     prompt_batches,
-    sample_to_outdir,
+    sample_record,
+    sampling_flags,
     text_to_image_parser,
 )
 
@@ -27,9 +29,15 @@ PROG = "txt2img.py"
 
 def main(argv: list[str] | None = None) -> int:
     args = text_to_image_parser(PROG, __doc__).parse_args(argv)
-    batches = prompt_batches(args, PROG)
-    model = load_text_model(args, PROG)
-    sample_to_outdir(model, args, PROG, batches, output_size(model, args, PROG))
+    with exit_on_error(PROG):
+        batches = prompt_batches(args)
+        model = load_text_model(args.ckpt, args.config, device_of(args), args.C, args.f)
+        height, width = output_size(model, args.H, args.W)
+        options = sampling_flags(args, PROG)
+        writer = SampleWriter(args.outdir, sample_record(args, options, height, width), args.skip_save, args.skip_grid,
+                              args.n_rows or args.n_samples)
+        sample_batches(model, batches, writer, seed=args.seed, n_iter=args.n_iter, fixed_code=args.fixed_code,
+                       height=height, width=width, precision=args.precision, **options)
     return 0
 
 

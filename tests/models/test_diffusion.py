@@ -94,9 +94,9 @@ def test_sample_script_writes_pngs_grid_and_record(trained_run: Path, tmp_path: 
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "samples").glob("*.png"))) == 20  # all ten classes, two each
-    assert (tmp_path / "grid-00000.png").is_file()
-    record = json.loads((tmp_path / "samples-00000.json").read_text())
-    assert record["sampler"] == "ddim" and record["labels"][:3] == [0, 0, 1]
+    assert (tmp_path / "grid-0000.png").is_file()
+    records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert records[0]["sampler"] == "ddim" and [r["label"] for r in records[:3]] == [0, 0, 1]
     one = subprocess.run([*command, "--class_label", "7", "--n_samples", "3"], cwd=REPO, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0 and len(list((tmp_path / "samples").glob("*.png"))) == 23

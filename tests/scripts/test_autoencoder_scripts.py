@@ -71,6 +71,6 @@ def test_sample_script_draws_from_a_vae_prior(runs: dict[str, Path], tmp_path: P
     result = script("sample.py", "--ckpt", str(runs["vae"]), "--n_samples", "5", "--outdir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "samples").glob("*.png"))) == 5
-    assert "sampler" not in json.loads((tmp_path / "samples-00000.json").read_text())
+    assert "sampler" not in json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     guided = script("sample.py", "--ckpt", str(runs["vae"]), "--scale", "3", "--outdir", str(tmp_path))
     assert guided.returncode != 0 and "diffusion runs" in guided.stderr

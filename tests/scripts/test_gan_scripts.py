@@ -22,12 +22,15 @@ def test_sample_script_draws_a_row_per_class_or_one_class(runs: dict[str, Path],
     result = script("sample.py", "--ckpt", str(runs["cgan"]), "--n_samples", "2", "--outdir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "samples").glob("*.png"))) == 20  # ten classes, two each
-    record = json.loads((tmp_path / "samples-00000.json").read_text())
-    assert record["labels"][:4] == [0, 0, 1, 1] and record["use_ema"] is True and "sampler" not in record
+    records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in records[:4]] == [0, 0, 1, 1] and (tmp_path / "grid-0000.png").is_file()
+    assert records[0]["use_ema"] is True and "sampler" not in records[0] and records[0]["file"] == "samples/00000.png"
     one = script("sample.py", "--ckpt", str(runs["cgan"]), "--class_label", "3", "--n_samples", "4",
                  "--no-ema", "--outdir", str(tmp_path))
     assert one.returncode == 0 and len(list((tmp_path / "samples").glob("*.png"))) == 24
-    assert json.loads((tmp_path / "samples-00020.json").read_text())["use_ema"] is False
+    records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert records[20]["use_ema"] is False and records[20]["file"] == "samples/00020.png"
+    assert {r["label"] for r in records[20:]} == {3} and (tmp_path / "grid-0001.png").is_file()
     bad = script("sample.py", "--ckpt", str(runs["cgan"]), "--class_label", "10", "--outdir", str(tmp_path))
     assert bad.returncode != 0 and "0..9" in bad.stderr
 

@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw
 from runner import script
 
 from pixelforge.cli import compose_config, parse
+from pixelforge.inference import load_image
 from pixelforge.runs import load_run
 from pixelforge.train import run
-from pixelforge.utils.scripts import load_image
 
 FAST = ("--ddim_steps", "2", "--n_samples", "2")
 
@@ -121,7 +121,7 @@ def reconstruction_error(runs: dict[str, Path], image: Path, samples: list[Path]
     """Mean absolute difference of each sample from the first stage's reconstruction of ``image`` (in [-1, 1])."""
     _, model = load_run(runs["ldm"])
     height, width = pixels(samples[0]).shape[:2]
-    reference = model.decode(model.encode(load_image(str(image), height, width, "RGB", "test") * 2 - 1))[0]
+    reference = model.decode(model.encode(load_image(str(image), height, width, "RGB") * 2 - 1))[0]
     return [(torch.from_numpy(pixels(s)).permute(2, 0, 1) / 127.5 - 1 - reference).abs().mean().item()
             for s in samples]
 
@@ -181,3 +181,21 @@ def test_evaluate_judges_prompts_per_attribute(runs: dict[str, Path], tmp_path: 
     for row in rows:
         assert {f"cond_acc/{key}" for key in ("shape", "color", "size", "position")} <= set(row)
         assert 0 <= row["cond_acc"] <= min(row[f"cond_acc/{key}"] for key in ("shape", "color", "size", "position"))
+
+
+def test_the_python_api_draws_what_the_script_draws(runs: dict[str, Path], tmp_path: Path) -> None:
+    from pixelforge.inference import InferenceError, load_text_model, text_to_image
+    from pixelforge.utils.images import to_uint8
+
+    prompt = "a large green triangle in the center"
+    assert script("txt2img.py", "--ckpt", str(runs["ldm"]), "--outdir", str(tmp_path), "--seed", "3", *FAST,
+                  "--n_iter", "1", "--skip_grid", "--prompt", prompt).returncode == 0
+    model = load_text_model(runs["ldm"], device="cpu")
+    images = text_to_image(model, [prompt] * 2, steps=2, generator=torch.Generator().manual_seed(3))
+    assert images.shape == (2, 3, model.image_size, model.image_size)
+    for i, image in enumerate(to_uint8(images)):
+        assert np.array_equal(image.permute(1, 2, 0).numpy(), pixels(tmp_path / "samples" / f"{i:05d}.png"))
+    with pytest.raises(InferenceError, match="DDIM sampler only"):  # an API raises; only scripts exit
+        text_to_image(model, [prompt], eta=0.5)
+    with pytest.raises(InferenceError, match="not a text-conditioned model"):
+        load_text_model(runs["first_stage"])

@@ -1,0 +1,119 @@
+"""The command lines of the sampling scripts: the flags they share, CompVis's txt2img flags, and the one place
+where an error becomes ``prog: error: ...`` and exit code 2 (the API raises; only scripts exit)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from pixelforge.diffusion.samplers import SAMPLERS
+from pixelforge.inference.text_to_image import InferenceError, read_prompts, sampler_options
+from pixelforge.runs import load_run
+
+DEFAULT_PROMPT = "a large red circle in the center"
+PLMS = "plms"  # CompVis's --plms; pixelforge has no PLMS sampler and runs DPM-Solver++ for it
+
+
+@contextlib.contextmanager
+def exit_on_error(prog: str) -> Iterator[None]:
+    """Turn the errors of bad input (a run that is missing or unfit, a bad flag value) into ``prog: error: ...``
+    and exit code 2, as argparse does."""
+    try:
+        yield
+    except (InferenceError, FileNotFoundError, ValueError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def load_run_or_exit(ckpt: str, config: str | None, prog: str) -> tuple[Any, Any]:
+    """``runs.load_run`` for a script: a missing, unfit or unreadable run is ``prog: error: ...`` and exit 2."""
+    with exit_on_error(prog):
+        return load_run(ckpt, config)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every sampling script takes: which run, seed, precision, EMA weights and device."""
+    parser.add_argument("--ckpt", required=True, help="a run directory or a checkpoint inside one")
+    parser.add_argument("--config", help="config to build the model from (default: the run's configs/config.yaml)")
+    parser.add_argument("--seed", type=int, default=42, help="seeds the generator that draws all noise")
+    parser.add_argument("--precision", choices=["full", "autocast"], default="full",
+                        help="autocast: bf16 on the CPU, fp16 on GPUs")
+    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
+                        help="sample with the EMA weights (--no-use_ema: the live weights)")
+    parser.add_argument("--no-ema", dest="use_ema", action="store_false", help="the same as --no-use_ema")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+
+
+def device_of(args: argparse.Namespace) -> torch.device | None:
+    """``--device`` as a torch device (None: the best available)."""
+    return torch.device(args.device) if args.device else None
+
+
+def text_to_image_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """CompVis's txt2img flags with defaults for pixelforge's small models; img2img.py adds its image flags."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt to render")
+    parser.add_argument("--from-file", help="a text file with one prompt a line, sampled instead of --prompt")
+    parser.add_argument("--outdir", default=f"outputs/{prog.removesuffix('.py')}-samples",
+                        help="samples/NNNNN.png, grid-NNNN.png, prompts.txt and samples.jsonl go here")
+    parser.add_argument("--skip_grid", action="store_true", help="do not write a grid of all images")
+    parser.add_argument("--skip_save", action="store_true", help="do not write the individual images")
+    parser.add_argument("--ddim_steps", type=positive_int, default=20, help="sampling steps (of any sampler)")
+    sampler = parser.add_mutually_exclusive_group()
+    sampler.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp", help="diffusion sampler")
+    sampler.add_argument("--plms", dest="sampler", action="store_const", const=PLMS,
+                         help="CompVis's PLMS: pixelforge has none and runs DPM-Solver++ (dpmpp) instead")
+    sampler.add_argument("--dpm_solver", dest="sampler", action="store_const", const="dpmpp",
+                         help="DPM-Solver++ (2M): the same as --sampler dpmpp")
+    parser.add_argument("--fixed_code", action="store_true", help="one starting noise for every batch")
+    parser.add_argument("--ddim_eta", type=float, default=0.0, help="DDIM eta (0: deterministic); DDIM only")
+    parser.add_argument("--n_iter", type=positive_int, default=2, help="how often to sample each batch")
+    parser.add_argument("--H", type=positive_int, help="image height in pixels (default: the model's image size)")
+    parser.add_argument("--W", type=positive_int, help="image width in pixels (default: the model's image size)")
+    parser.add_argument("--C", type=positive_int, help="latent channels; must be the model's (default: it)")
+    parser.add_argument("--f", type=positive_int, help="first-stage downsampling factor; must be the model's")
+    parser.add_argument("--n_samples", type=positive_int, default=4,
+                        help="batch size: copies of --prompt per batch, or prompts of --from-file per batch")
+    parser.add_argument("--n_rows", type=positive_int, help="images per grid row (default: n_samples)")
+    parser.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (1: none)")
+    add_run_arguments(parser)
+    return parser
+
+
+def prompt_batches(args: argparse.Namespace) -> list[list[str]]:
+    """Batches of ``n_samples``: --prompt repeated, or the non-empty lines of --from-file in turn (as CompVis)."""
+    if args.from_file is None:
+        return [[args.prompt] * args.n_samples]
+    prompts = read_prompts(args.from_file)
+    return [prompts[i:i + args.n_samples] for i in range(0, len(prompts), args.n_samples)]
+
+
+def sampling_flags(args: argparse.Namespace, prog: str) -> dict[str, Any]:
+    """The sampler keywords of the txt2img flags; --plms runs DPM-Solver++ with a note."""
+    name = args.sampler
+    if name == PLMS:
+        print(f"{prog}: note: pixelforge has no PLMS sampler; --plms runs DPM-Solver++ (dpmpp), a multistep "
+              "solver that needs no more steps", file=sys.stderr)
+        name = "dpmpp"
+    return sampler_options(name, args.ddim_steps, args.scale, args.ddim_eta, args.use_ema)
+
+
+def sample_record(args: argparse.Namespace, options: dict[str, Any], height: int, width: int,
+                  **extra: Any) -> dict[str, Any]:
+    """What ``samples.jsonl`` says of every image besides its file and prompt."""
+    return {"seed": args.seed, "sampler": options["sampler"], "steps": args.ddim_steps, "scale": args.scale,
+            "eta": options.get("eta"), "H": height, "W": width, "ckpt": str(args.ckpt), **extra}
