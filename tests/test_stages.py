@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from pixelforge.cli import compose_config, main, parse, run_plan
@@ -112,7 +113,7 @@ def test_sigterm_during_the_first_stage_saves_it_and_stops_the_plan(tmp_path: Pa
 def test_unfinished_runs_are_not_reused_and_testing_needs_one(tmp_path: Path, capsys) -> None:
     unfinished = tmp_path / "2026-01-01T00-00-00_autoencoder_kl_shapes"
     (unfinished / "checkpoints").mkdir(parents=True)
-    (unfinished / "checkpoints" / "last.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}}, unfinished / "checkpoints" / "last.ckpt")  # readable, but not finished
     assert finished_runs(tmp_path, "autoencoder_kl_shapes") == []
     assert main(["-l", str(tmp_path), "ckpt_path=" + str(unfinished / "checkpoints" / "last.ckpt"), *TINY_LDM]) == 2
     assert "no finished autoencoder_kl_shapes run" in capsys.readouterr().err

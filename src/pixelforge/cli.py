@@ -284,6 +284,7 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         from pixelforge.train import check_runnable
         from pixelforge.validation import check_config
 
+        check_runnable(cfg)  # "nothing to do" before the plan looks for a first stage
         steps = plan(cfg, lambda first: compose_config(parse([])[0], first))
         for step in steps:  # every step is checked before the first one runs
             check_runnable(step)
