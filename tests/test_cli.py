@@ -276,3 +276,13 @@ def test_help_and_print_config_import_neither_torch_nor_lightning() -> None:
             "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_resumed_run_keeps_its_config_when_an_override_cannot_be_built(tmp_path: Path, capsys) -> None:
+    run(config(["-t", "--no-test", "-l", str(tmp_path), *TINY, "trainer.max_steps=2"]))
+    (run_dir,) = run_dirs(tmp_path)
+    saved = (run_dir / "configs" / "config.yaml").read_text()
+    assert main(["-t", "-r", str(run_dir), "trainer.devices=abc"]) == 2
+    assert "trainer: `devices` selected with `CPUAccelerator`" in capsys.readouterr().err
+    assert (run_dir / "configs" / "config.yaml").read_text() == saved and run_dirs(tmp_path) == [run_dir]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -1,4 +1,8 @@
-"""argv -> composed DictConfig: CompVis flags (-t, -b, -r, -n, ...) become Hydra overrides, the rest stays Hydra's."""
+"""argv -> composed DictConfig: CompVis flags (-t, -b, -r, -n, ...) become Hydra overrides, the rest stays Hydra's.
+
+Modules that import torch or Lightning are imported inside the functions that need them, so that ``--help`` and
+``--print-config`` answer in well under a second (a torch import alone takes seconds on a small CPU).
+"""
 
 from __future__ import annotations
 
@@ -256,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def lr_hint(cfg: DictConfig) -> str:
-    """Overrides that lower the run's learning rates tenfold, in the keys that set them (see ``run.learning_rate``)."""
+    """Overrides that lower the run's learning rates tenfold, in the keys that set them (``train.learning_rate``)."""
     model = cfg.model
     if OmegaConf.select(model, "optimizer.lr") is not None:
         keys = ["optimizer.lr"]
@@ -279,7 +283,6 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         if args.print_config:
             print(OmegaConf.to_yaml(cfg, resolve=True))
             return 0
-        # torch and Lightning are imported only once a run starts, so --help and --print-config answer at once
         from pixelforge.stages import plan
         from pixelforge.train import check_runnable
         from pixelforge.validation import check_config

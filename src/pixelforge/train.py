@@ -137,16 +137,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     run_dir = make_run_dir(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
-    save_config(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
     try:
         try:
             trainer = build_trainer(cfg, run_dir)
             model = build_model(cfg, trainer)
-        except InstantiationException as error:  # a config that cannot be built leaves no run directory behind
-            if new:
+        except InstantiationException as error:  # a config that cannot be built writes nothing (a resumed run
+            if new:                              # keeps its saved config) and leaves no new run directory
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise ConfigError.from_instantiation(error) from error
+        save_config(cfg, run_dir)
         if trainer.is_global_zero:
             print_banner(cfg, run_dir, trainer, model)
         for logger in trainer.loggers:
