@@ -32,6 +32,7 @@ from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples
 from pixelforge.metrics.likelihood import evaluate_likelihood
 from pixelforge.metrics.reconstruction import evaluate_reconstructions
+from pixelforge.protocols import Classifies, Diffuses, Generates, Reconstructs, ScoresLikelihood
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,7 +79,7 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
     if args.features == "classifier" and not args.classifier:
         raise SystemExit("evaluate.py: error: --classifier RUN is needed for FID on project features")
     extractor = build_feature_extractor(args.features, args.classifier).to(args.device)
-    settings = itertools.product(args.sampler, args.scale) if hasattr(model, "schedule") else [None]
+    settings = itertools.product(args.sampler, args.scale) if isinstance(model, Diffuses) else [None]
     rows = []
     for setting in settings:
         kwargs: dict = {}
@@ -108,9 +109,9 @@ def autoencoder_rows(args: argparse.Namespace, model, dataset, key: str) -> list
     if getattr(model, "corruption", None):
         rows.append({"input": "corrupted", **evaluate_reconstructions(model, dataset, args.batch_size, args.device,
                                                                       corrupted=True, seed=args.seed)})
-    if hasattr(model, "log_likelihood"):
+    if isinstance(model, ScoresLikelihood):
         clean.update(evaluate_likelihood(model, dataset, args.k, args.batch_size, args.device, seed=args.seed))
-    if hasattr(model, "sample") and (args.classifier or args.features == "inception"):
+    if isinstance(model, Generates) and (args.classifier or args.features == "inception"):
         rows += [{"input": "prior samples", **row} for row in generative_rows(args, model, dataset, key)]
     return rows
 
@@ -122,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     datamodule = instantiate(cfg.data)
     dataset = datamodule.build(args.split)
     key = f"{datamodule.dataset!r}|{args.split}"
-    if hasattr(model, "reconstruct"):
+    if isinstance(model, Reconstructs):
         rows = autoencoder_rows(args, model, dataset, key)
-    elif hasattr(model, "sample"):
+    elif isinstance(model, Generates):
         rows = generative_rows(args, model, dataset, key)
-    elif hasattr(model, "heads"):
+    elif isinstance(model, Classifies):
         rows = classifier_rows(model, dataset, args.batch_size, args.device)
     else:
         print(f"evaluate.py: error: no metrics for a {type(model).__name__}", file=sys.stderr)

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from pixelforge.data.shapes import COLORS, POSITIONS, SHAPES, SIZES
 from pixelforge.inference.arguments import load_run_or_exit
 from pixelforge.inference.latent import attribute_vector, encode_dataset, fit_gaussian, interpolate, project_2d
+from pixelforge.protocols import Encodes, Generates
 from pixelforge.utils.images import grid, save_png
 
 LABEL_KEYS = ("label", "shape", "color", "size", "position")
@@ -95,7 +96,7 @@ def plot_scatter(points: torch.Tensor, colours: torch.Tensor, key: str, explaine
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg, model = load_run_or_exit(args.ckpt, args.config, "latent_explore.py")
-    if not (hasattr(model, "encode") and hasattr(model, "decode")):
+    if not isinstance(model, Encodes):
         print(f"latent_explore.py: error: {args.ckpt} holds a {type(model).__name__}; latent exploration needs an "
               "autoencoder or VAE run (encode/decode)", file=sys.stderr)
         return 2
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     pca = z[0].numel() > 2
     plot_scatter(points, labels[color_by], color_by, explained, pca, outdir / "scatter.png")
 
-    if hasattr(model, "sample"):
+    if isinstance(model, Generates):
         prior = "N(0, I)"
         samples = model.sample(args.n_samples, generator=torch.Generator(args.device).manual_seed(args.seed)).cpu()
     else:

@@ -9,7 +9,6 @@ Diffusion options (--sampler --steps --eta --scale) apply to diffusion runs only
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 
 import torch
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from pixelforge.diffusion.samplers import SAMPLERS
 from pixelforge.inference import SampleWriter, autocast, best_device
 from pixelforge.inference.arguments import add_run_arguments, device_of, load_run_or_exit
+from pixelforge.protocols import Diffuses, Generates, KeepsEMA
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,13 +73,13 @@ def requested_labels(model, class_label: str | None, n: int, seed: int) -> tuple
 def sampling_options(model, args: argparse.Namespace) -> dict:
     """The keyword arguments of ``model.sample`` that this run's family takes (diffusion options, EMA)."""
     options: dict = {}
-    if hasattr(model, "schedule"):
+    if isinstance(model, Diffuses):
         options = {"sampler": args.sampler, "steps": args.steps, "scale": args.scale}
         if args.eta is not None:
             options["eta"] = args.eta
     elif args.scale != 1.0:
         raise SystemExit(f"--scale {args.scale}: guidance applies to diffusion runs, not a {type(model).__name__}")
-    if "use_ema" in inspect.signature(model.sample).parameters:
+    if isinstance(model, KeepsEMA):
         options["use_ema"] = args.use_ema
     return options
 
@@ -87,7 +87,7 @@ def sampling_options(model, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg, model = load_run_or_exit(args.ckpt, args.config, "sample.py")
-    if not hasattr(model, "sample"):
+    if not isinstance(model, Generates):
         print(f"sample.py: error: {args.ckpt} holds a {type(model).__name__}, which cannot generate images",
               file=sys.stderr)
         return 2

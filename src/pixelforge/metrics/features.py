@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pixelforge.protocols import Classifies
 from pixelforge.runs import find_checkpoint, load_run
 
 
@@ -21,7 +22,7 @@ class ClassifierFeatures(nn.Module):
         super().__init__()
         ckpt, _ = find_checkpoint(run)
         _, classifier = load_run(run)
-        if not hasattr(classifier, "features"):
+        if not isinstance(classifier, Classifies):
             raise ValueError(f"{run} is not a classifier run (its model has no features(); got "
                              f"{type(classifier).__name__})")
         self.classifier = classifier.eval().requires_grad_(False)
