@@ -9,7 +9,7 @@ config), ``checkpoints/last.ckpt`` (+ top-k), ``tensorboard/``, ``images/`` and,
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +111,21 @@ def relocate(cfg: DictConfig, old: str, new: str) -> None:
     A saved config is resolved, so ``${run_dir}/checkpoints`` became an absolute path: without this, a moved run
     resumed with ``-r`` would write its checkpoints and logs into its old location, re-created.
     """
-    nodes = [cfg]
-    while nodes:
-        node = nodes.pop()
-        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-        for key in keys:
+    for _, node, key, value in walk(cfg):
+        if isinstance(value, str):
+            node[key] = moved(value, old, new)
+
+
+def walk(cfg: DictConfig) -> Iterator[tuple[str, DictConfig | ListConfig, Any, Any]]:
+    """``(dotted path, parent node, key, resolved value)`` of everything below ``cfg``, parents before children;
+    ``???`` values are left out."""
+    queue: list[tuple[str, DictConfig | ListConfig]] = [("", cfg)]
+    while queue:
+        path, node = queue.pop(0)
+        for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
             if OmegaConf.is_missing(node, key):
                 continue
-            value = node[key]
+            value, where = node[key], f"{path}.{key}" if path else str(key)
+            yield where, node, key, value
             if isinstance(value, (DictConfig, ListConfig)):
-                nodes.append(value)
-            elif isinstance(value, str):
-                node[key] = moved(value, old, new)
+                queue.append((where, value))

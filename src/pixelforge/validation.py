@@ -19,7 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pixelforge.runs import TRAINING_KEYS
+from pixelforge.runs import TRAINING_KEYS, walk
 
 EXTRA_KEYS = {"model": TRAINING_KEYS}  # read and removed by training before the model is instantiated
 
@@ -122,15 +122,6 @@ def check_config(cfg: DictConfig) -> None:
     base_lr = OmegaConf.select(cfg, "model.base_learning_rate")
     if base_lr is not None and accepts(float, base_lr) is False:
         raise ConfigError(f"model.base_learning_rate={base_lr!r}: expected a number (the per-sample learning rate)")
-    nodes: list[tuple[str, DictConfig | ListConfig]] = [("", cfg)]
-    while nodes:
-        path, node = nodes.pop(0)
-        if isinstance(node, DictConfig) and "_target_" in node and path:
-            check_node(node, path)
-        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-        for key in keys:
-            if OmegaConf.is_missing(node, key):
-                continue
-            child = node[key]
-            if isinstance(child, (DictConfig, ListConfig)):
-                nodes.append((f"{path}.{key}" if path else str(key), child))
+    for path, _, _, value in walk(cfg):
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_node(value, path)
