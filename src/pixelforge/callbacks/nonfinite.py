@@ -1,5 +1,5 @@
-"""One guard against divergence for every model family: a non-finite loss or gradient stops training before it
-reaches the weights."""
+"""One guard against divergence for every model family: a non-finite loss, gradient or running statistic stops
+training before it reaches the weights."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training met a non-finite loss or gradient; that step was skipped, so the weights are the last finite ones."""
+    """Training met a non-finite loss, gradient or running statistic; that step was skipped, so the weights are the
+    last finite ones."""
 
 
 def volatile_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
