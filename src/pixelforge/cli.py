@@ -275,8 +275,8 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """Compose one config, plan it (first stage first, when one must be trained) and run the plan.
 
     One error policy for every step: a config that cannot run is a message and exit code 2 before anything is
-    written; SIGTERM and a non-finite loss are a message with the command that continues; any other error in
-    training is a traceback (``last.ckpt`` saved) and a non-zero exit.
+    written; SIGTERM, Ctrl-C and a non-finite loss are a message with the command that continues (exit 143, 130,
+    1); any other error in training is a traceback (``last.ckpt`` saved) and a non-zero exit.
     """
     try:
         cfg = compose_config(args, overrides)
@@ -332,4 +332,11 @@ def run_step(cfg: DictConfig) -> int:
     except SIGTERMException:  # Lightning stops the loop with exit code 0; a scheduler must see the signal
         print(f"main.py: stopped by SIGTERM; continue with: python main.py -t -r {cfg.run_dir}", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except SystemExit as exit_:
+        if not isinstance(exit_.__context__, KeyboardInterrupt):
+            raise
+        # Lightning's Ctrl-C path (last.ckpt saved by SaveOnInterrupt) ends in sys.exit(1), with SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(f"main.py: stopped by Ctrl-C; continue with: python main.py -t -r {cfg.run_dir}", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
