@@ -22,7 +22,7 @@ TINY_FIRST = ["model.ddconfig.ch=8", "model.ddconfig.ch_mult=[1,2]", "model.ddco
               "trainer.max_steps=2", *QUIET]
 TINY_LDM = ["experiment=ldm_shapes_txt2img", "model.unet.model_channels=16", "model.unet.num_groups=8",
             "model.unet.num_res_blocks=1", "model.cond_stage.dim=16", "model.cond_stage.depth=1",
-            "model.unet.context_dim=16", "model.log_sampler.steps=2", "trainer.max_steps=1", *QUIET]
+            "model.log_sampler.steps=2", "trainer.max_steps=1", *QUIET]
 
 
 def compose_tiny_first(overrides: list[str]):

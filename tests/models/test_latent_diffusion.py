@@ -213,3 +213,29 @@ def test_pooled_text_embedding_joins_the_timestep_embedding() -> None:
     assert not torch.allclose(with_pooled, net(x, t, **{**cond, "pooled": torch.zeros_like(cond["pooled"])}))
     with pytest.raises(ValueError, match="pooled missing"):
         net(x, t, context=cond["context"], context_mask=cond["context_mask"])
+
+
+def partial_ldm(unet_keywords: dict | None = None, **kwargs) -> LatentDiffusion:
+    """A tiny LDM whose U-Net is a partial, as the configs give it: the model fills in its sizes."""
+    unet = partial(UNetModel, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
+                   num_heads=2, num_groups=8, **(unet_keywords or {}))
+    encoder = TransformerTextEncoder(WordTokenizer(WORDS, max_length=6), dim=24, depth=1, heads=2)
+    return LatentDiffusion(unet, {"config": FIRST_STAGE}, encoder, schedule=NoiseSchedule("linear", 100),
+                           optimizer=partial(torch.optim.Adam, lr=2e-3), image_size=16, **kwargs)
+
+
+@pytest.mark.parametrize("coord_channels", [False, True])
+def test_a_partial_unet_gets_its_sizes_from_the_first_stage_coordinates_and_encoder(coord_channels: bool) -> None:
+    model = partial_ldm(coord_channels=coord_channels)
+    unet = model.unet.unet
+    first_conv, last_conv = unet.input_blocks[0][0], unet.out[-1]
+    assert (first_conv.in_channels, last_conv.out_channels, unet.context_dim) == (2 + 2 * coord_channels, 2, 24)
+    loss = model.training_step({"image": images(2), "caption": ["a red circle", "a blue square"]}, 0)
+    assert torch.isfinite(loss)  # the derived sizes fit: the step runs
+
+
+def test_a_unet_size_that_contradicts_the_model_is_refused() -> None:
+    partial_ldm({"context_dim": 24, "in_channels": 4}, coord_channels=True)  # sizes that agree are accepted
+    with pytest.raises(ValueError, match=r"model.unet.in_channels=6 does not fit the model, which needs 4 .*"
+                                         r"coordinate maps.*leave model.unet.in_channels out"):
+        partial_ldm({"in_channels": 6}, coord_channels=True)

@@ -16,7 +16,7 @@ FIRST_STAGE = ["experiment=autoencoder_kl_shapes", "model.ddconfig.ch=8", "model
                "model.ddconfig.num_groups=4"]
 LDM = ["experiment=ldm_shapes_txt2img", "model.unet.model_channels=16", "model.unet.num_groups=8",
        "model.unet.num_res_blocks=1", "model.cond_stage.dim=32", "model.cond_stage.depth=1",
-       "model.unet.context_dim=32", "model.log_sampler.steps=2"]
+       "model.log_sampler.steps=2"]
 
 
 def train_shapes(logdir: Path, *overrides: str) -> Path:

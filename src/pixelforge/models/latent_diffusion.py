@@ -43,6 +43,23 @@ def load_first_stage(spec: Mapping[str, Any]) -> FirstStageModel:
     return model.eval().requires_grad_(False)
 
 
+def build_unet(unet: Callable[..., nn.Module], derived: Mapping[str, Any]) -> nn.Module:
+    """The U-Net of the partial ``unet`` with the sizes that follow from the rest of the model (``derived``); a size
+    the config also sets must agree, so changing one key (``coord_channels``, the text encoder) cannot break another."""
+    given = getattr(unet, "keywords", {})
+    for key, value in derived.items():
+        if key in given and given[key] != value:
+            raise ValueError(f"model.unet.{key}={given[key]} does not fit the model, which needs {value} "
+                             f"({UNET_SIZES[key]}); leave model.unet.{key} out")
+    return unet(**{**given, **derived})
+
+
+UNET_SIZES = {"in_channels": "the first stage's latent channels, + 2 coordinate maps with coord_channels, + the "
+                             "concat map's channels",
+              "out_channels": "the first stage's latent channels",
+              "context_dim": "the cond_stage encoder's width; None without one"}
+
+
 class LatentDiffusion(DDPM):
     """DDPM on ``z = scale_factor · encode(x)`` of a frozen first stage, conditioned as ``conditioning_key`` says.
 
@@ -54,11 +71,15 @@ class LatentDiffusion(DDPM):
     classifier-free guidance works. ``scale_by_std`` sets ``scale_factor`` to 1/std of the first training batch's
     latents (CompVis) and the checkpoint keeps it. The first stage is frozen, in eval mode and in the checkpoint.
     ``coord_channels`` gives the U-Net two coordinate maps as extra inputs (see ``ConditionedUNet``).
+
+    ``unet`` is a partial (``_partial_: true``) whose ``in_channels``, ``out_channels`` and ``context_dim`` this
+    model fills in from the first stage, ``coord_channels``, ``concat_channels`` and ``cond_stage``; a built
+    U-Net (the configs of older runs) is used as it is.
     """
 
     def __init__(
         self,
-        unet: nn.Module,
+        unet: nn.Module | Callable[..., nn.Module],
         first_stage: Mapping[str, Any],
         cond_stage: nn.Module | None = None,
         conditioning_key: str | None = "crossattn",
@@ -70,6 +91,7 @@ class LatentDiffusion(DDPM):
         sample_posterior: bool = True,
         image_size: int = 32,
         coord_channels: bool = False,
+        concat_channels: int | None = None,
         **ddpm_kwargs: Any,
     ) -> None:
         if conditioning_key not in CONDITIONING_KEYS:
@@ -89,6 +111,14 @@ class LatentDiffusion(DDPM):
         if image_size % stage.downsample_factor:
             raise ValueError(f"image_size {image_size} is not divisible by the first stage's factor "
                              f"{stage.downsample_factor}")
+        if not isinstance(unet, nn.Module):
+            if concat_key is not None and concat_channels is None:
+                raise ValueError("concat_channels is needed with concat_key: the channels of the map joined to the "
+                                 "latents (the latent channels when it is an image the first stage encodes)")
+            unet = build_unet(unet, {
+                "in_channels": stage.embed_dim + (concat_channels or 0) + (2 if coord_channels else 0),
+                "out_channels": stage.embed_dim,
+                "context_dim": cond_stage.dim if cond_stage is not None else None})
         super().__init__(ConditionedUNet(unet, cond_stage, coord_channels), image_size=image_size,
                          channels=stage.embed_dim, cond_drop_prob=ucg_rate, **ddpm_kwargs)
         self.first_stage = stage
