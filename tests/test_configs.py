@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pixelforge.cli import CONFIG_DIR, compose_config, parse
+from pixelforge.cli import CONFIG_DIR, compose_config, group_options, parse
 from pixelforge.data.folders import BadImageError, ImageFolderDataset, ImageTextFolderDataset
 from pixelforge.data.torchvision_sets import TorchvisionDataset
 
@@ -18,15 +18,9 @@ GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name !=
 
 def options(group: str) -> list[str]:
     """``group=option`` overrides for every preset under ``configs/<group>/`` (nested: ``model=classifier/cnn``)."""
-    root = CONFIG_DIR / group
-    found = []
-    for path in sorted(root.rglob("*.yaml")):
-        option = path.relative_to(root).with_suffix("").as_posix()
-        if group == "model" and option.startswith("text_encoder/"):  # a sub-group chosen inside a model preset
-            found.append(f"model/text_encoder@model.cond_stage={Path(option).name}")
-        else:
-            found.append(f"{group}={option}")
-    return found
+    return [f"model/text_encoder@model.cond_stage={Path(option).name}"  # a sub-group chosen inside a model preset
+            if group == "model" and option.startswith("text_encoder/") else f"{group}={option}"
+            for option in group_options(group)]
 
 
 OVERRIDES = [override for group in GROUPS for override in options(group)]

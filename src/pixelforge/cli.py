@@ -34,7 +34,7 @@ class CLIError(Exception):
 
 def experiments() -> list[str]:
     """Names of the runnable recipes in ``configs/experiment/``."""
-    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+    return group_options("experiment")
 
 
 def str2bool(value: str) -> bool:
@@ -289,9 +289,8 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
         check_runnable(cfg)  # "nothing to do" before the plan looks for a first stage
         steps = plan(cfg, lambda first: compose_config(parse([])[0], first))
-        for step in steps:  # every step is checked before the first one runs
-            check_runnable(step)
-            check_config(step)
+        for step in steps:  # every step's config is checked before the first one runs (a planned first stage
+            check_config(step)  # trains from scratch: it has no checkpoint for check_runnable to read)
     except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
