@@ -47,7 +47,7 @@ def test_defaults_and_experiment_name() -> None:
     cfg = config([])
     assert cfg.seed == 23 and cfg.logdir == "logs" and cfg.scale_lr and not cfg.train
     assert cfg.name == "ldm_shapes_txt2img"  # python main.py -t trains the text-to-image recipe
-    assert cfg.model._target_.endswith("LatentDiffusion") and cfg.data.dataset._target_.endswith("ShapesDataset")
+    assert cfg.model._target_.endswith("DiffusionModel") and cfg.data.dataset._target_.endswith("ShapesDataset")
     assert cfg.model.first_stage.experiment == "autoencoder_kl_shapes"
     assert config(["experiment=classifier_vit_mnist5k"]).name == "classifier_vit_mnist5k"
 

@@ -210,11 +210,11 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
     """The run's config: a saved one for ``-r``, otherwise defaults + experiment + ``-b`` files + overrides."""
     overrides = [*flag_overrides(args), *overrides]
     if args.resume:
-        run_dir, ckpt = find_resume(args.resume)
-        cfg = OmegaConf.load(run_dir / "configs" / "config.yaml")
-        if cfg.get("run_dir") and Path(cfg.run_dir) != run_dir:
-            from pixelforge.runs import relocate
+        from pixelforge.runs import relocate, upgrade  # imports torch: only once a run starts
 
+        run_dir, ckpt = find_resume(args.resume)
+        cfg = upgrade(OmegaConf.load(run_dir / "configs" / "config.yaml"))
+        if cfg.get("run_dir") and Path(cfg.run_dir) != run_dir:
             print(f"main.py: {run_dir} was made as {cfg.run_dir}; its paths now point into {run_dir}", file=sys.stderr)
             relocate(cfg, cfg.run_dir, str(run_dir))
         cfg.train, cfg.test = False, True  # per invocation, as in CompVis: -t trains on, no -t only tests

@@ -22,6 +22,18 @@ from pixelforge.checkpoints import load_checkpoint
 
 FINISHED = "finished"  # written into a run directory when its training completes (not when interrupted)
 TRAINING_KEYS = ("base_learning_rate",)  # model keys that training reads and removes before instantiation
+LEGACY_TARGETS = {  # model classes of older runs -> the factories that build today's model from their configs
+    "pixelforge.models.diffusion.DDPM": "pixelforge.models.legacy.ddpm",
+    "pixelforge.models.latent_diffusion.LatentDiffusion": "pixelforge.models.legacy.latent_diffusion",
+}
+
+
+def upgrade(cfg: DictConfig) -> DictConfig:
+    """A saved run config made by older code, pointed at what builds its model today (see ``LEGACY_TARGETS``)."""
+    target = OmegaConf.select(cfg, "model._target_")
+    if target in LEGACY_TARGETS:
+        cfg.model._target_ = LEGACY_TARGETS[target]
+    return cfg
 
 
 def model_config(model: DictConfig | Mapping[str, Any]) -> DictConfig:
@@ -58,7 +70,7 @@ def load_run(path: str | Path, config: str | Path | None = None,
     config = Path(config) if config else saved_config
     if not config.is_file():
         raise FileNotFoundError(f"no config at {config}; pass --config with the run's configs/config.yaml")
-    cfg = OmegaConf.load(config)
+    cfg = upgrade(OmegaConf.load(config))
     model = instantiate(model_config(cfg.model), _convert_="all")
     checkpoint = load_checkpoint(ckpt_path, map_location)
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)

@@ -28,7 +28,8 @@ def outputs(name: str, model, inputs: dict[str, torch.Tensor] | None = None) -> 
             return {"labels": labels, "samples": model.sample(labels=labels, sampler="ddim", steps=3, scale=2.0,
                                                               generator=generator)}
         prompts = ["a large red circle in the center", "a small blue square in the top left"]
-        return {"samples": model.sample(prompts=prompts, sampler="dpmpp", steps=3, scale=3.0, generator=generator)}
+        return {"samples": model.sample(conditions={"caption": prompts}, sampler="dpmpp", steps=3, scale=3.0,
+                                        generator=generator)}
 
 
 def load_fixture(name: str, tmp_path: Path):

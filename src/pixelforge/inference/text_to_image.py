@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pixelforge.inference.devices import autocast, best_device
 from pixelforge.inference.writer import SampleWriter
-from pixelforge.models.latent_diffusion import LatentDiffusion
+from pixelforge.models.diffusion import DiffusionModel, ImageInit
 from pixelforge.runs import load_run
 
 
@@ -28,23 +28,23 @@ class InferenceError(ValueError):
 
 
 def load_text_model(ckpt: str | Path, config: str | Path | None = None, device: str | torch.device | None = None,
-                    channels: int | None = None, factor: int | None = None) -> LatentDiffusion:
+                    channels: int | None = None, factor: int | None = None) -> DiffusionModel:
     """The text-conditioned run at ``ckpt`` on ``device`` (default: the best here), checked to have the latent
     ``channels`` and first-stage ``factor`` given (CompVis's ``--C`` and ``--f``; None: the model's)."""
     try:
         _, model = load_run(ckpt, config)
     except (FileNotFoundError, ValueError) as error:
         raise InferenceError(str(error)) from None
-    if not (isinstance(model, LatentDiffusion) and model.text_conditioned):
+    if not (isinstance(model, DiffusionModel) and model.text_conditioned):
         raise InferenceError(f"{ckpt} holds a {type(model).__name__}, not a text-conditioned model (a "
-                             "LatentDiffusion with conditioning_key crossattn and a text encoder)")
+                             "DiffusionModel whose conditioner has a text embedder)")
     for flag, given, actual in (("--C", channels, model.channels), ("--f", factor, model.downsample_factor)):
         if given is not None and given != actual:
             raise InferenceError(f"{flag} {given} does not match the model, whose value is {actual}; leave {flag} out")
     return model.to(torch.device(device) if device else best_device())
 
 
-def output_size(model: LatentDiffusion, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+def output_size(model: DiffusionModel, height: int | None = None, width: int | None = None) -> tuple[int, int]:
     """(H, W) in pixels: the given sizes or the model's image size, checked against its downsampling factors."""
     height = model.image_size if height is None else height
     width = model.image_size if width is None else width
@@ -79,7 +79,7 @@ def load_image(path: str | Path, height: int, width: int, mode: str) -> torch.Te
 
 def sampler_options(sampler: str = "dpmpp", steps: int = 20, scale: float = 5.0, eta: float = 0.0,
                     use_ema: bool = True) -> dict[str, Any]:
-    """``LatentDiffusion.sample`` keywords; ``eta`` belongs to DDIM and must stay 0 for the other samplers."""
+    """``DiffusionModel.sample`` keywords; ``eta`` belongs to DDIM and must stay 0 for the other samplers."""
     options = {"sampler": sampler, "steps": steps, "scale": scale, "use_ema": use_ema}
     if sampler == "ddim":
         options["eta"] = eta
@@ -89,26 +89,27 @@ def sampler_options(sampler: str = "dpmpp", steps: int = 20, scale: float = 5.0,
 
 
 @torch.no_grad()
-def text_to_image(model: LatentDiffusion, prompts: Sequence[str], *, height: int | None = None,
+def text_to_image(model: DiffusionModel, prompts: Sequence[str], *, height: int | None = None,
                   width: int | None = None, generator: torch.Generator | None = None,
-                  noise: torch.Tensor | None = None, precision: str = "full", strength: float | None = None,
-                  init_images: torch.Tensor | None = None, keep_mask: torch.Tensor | None = None,
+                  noise: torch.Tensor | None = None, precision: str = "full", init: ImageInit | None = None,
                   **options: Any) -> torch.Tensor:
     """One image per prompt, ``B,C,H,W`` in [-1, 1]; ``options`` as ``sampler_options`` (default DPM-Solver++,
-    20 steps, guidance 5). With ``init_images`` (and ``strength``, optionally ``keep_mask``) it is image to image."""
+    20 steps, guidance 5). With ``init`` (one image, its strength, optionally a keep mask) it is image to image."""
     height, width = output_size(model, height, width)
     options = sampler_options(**options)
-    inputs = {key: value.to(model.device).expand(len(prompts), -1, -1, -1)
-              for key, value in (("init_images", init_images), ("keep_mask", keep_mask)) if value is not None}
+    if init is not None:  # one init image (and mask) for every prompt
+        images, mask = (None if x is None else x.to(model.device).expand(len(prompts), -1, -1, -1)
+                        for x in (init.images, init.keep_mask))
+        init = ImageInit(images, init.strength, mask)
     with autocast(model.device, precision):
         try:
-            return model.sample(prompts=list(prompts), noise=noise, generator=generator, height=height, width=width,
-                                strength=strength, **inputs, **options)
+            return model.sample(conditions={model.conditioner.text_key: list(prompts)}, noise=noise,
+                                generator=generator, size=(height, width), init=init, **options)
         except ValueError as error:  # settings the model refuses, e.g. more steps than its schedule has
             raise InferenceError(str(error)) from None
 
 
-def image_to_image(model: LatentDiffusion, prompts: Sequence[str], init_image: str | Path | torch.Tensor,
+def image_to_image(model: DiffusionModel, prompts: Sequence[str], init_image: str | Path | torch.Tensor,
                    strength: float = 0.75, mask: str | Path | torch.Tensor | None = None,
                    **kwargs: Any) -> torch.Tensor:
     """``text_to_image`` from ``init_image`` (a file, or ``1,C,H,W`` in [-1, 1]) re-noised to ``strength`` in
@@ -122,12 +123,11 @@ def image_to_image(model: LatentDiffusion, prompts: Sequence[str], init_image: s
         init_image = load_image(init_image, height, width, mode) * 2 - 1
     if mask is not None and not isinstance(mask, torch.Tensor):
         mask = load_image(mask, height, width, "L")
-    keep_mask = None if mask is None else 1 - mask
-    return text_to_image(model, prompts, height=height, width=width, strength=strength, init_images=init_image,
-                         keep_mask=keep_mask, **kwargs)
+    init = ImageInit(init_image, strength, None if mask is None else 1 - mask)
+    return text_to_image(model, prompts, height=height, width=width, init=init, **kwargs)
 
 
-def sample_batches(model: LatentDiffusion, batches: Iterable[Sequence[str]], writer: SampleWriter, *, seed: int,
+def sample_batches(model: DiffusionModel, batches: Iterable[Sequence[str]], writer: SampleWriter, *, seed: int,
                    n_iter: int = 1, fixed_code: bool = False, **kwargs: Any) -> None:
     """CompVis's loop: every prompt batch ``n_iter`` times, written through ``writer``.
 

@@ -34,11 +34,12 @@ def dataset_conditions(dataset: Dataset, n: int, label_keys: list[str], prompt_k
 def judged_keys(model: nn.Module, extractor: nn.Module, dataset: Dataset) -> tuple[list[str], str | None]:
     """(label keys the samples are judged on, prompt key or None): a text-conditioned model is judged on every
     attribute its captions state that the extractor's classifier predicts; a class-conditional one on its labels."""
-    if not getattr(model, "crossattn", False):
+    text_key = getattr(getattr(model, "conditioner", None), "text_key", None)
+    if text_key is None:
         return list(getattr(model, "cond_keys", [])), None
     targets = getattr(getattr(extractor, "classifier", None), "targets", {})
     item = dataset[0]
-    return [key for key in targets if key in item], model.cond_stage_key
+    return [key for key in targets if key in item], text_key
 
 
 @torch.no_grad()
@@ -69,7 +70,7 @@ def evaluate_samples(
     for start in range(0, n_samples, batch_size):
         count = min(batch_size, n_samples - start)
         if prompts is not None:
-            condition = {"prompts": prompts[start:start + count]}
+            condition = {"conditions": {prompt_key: prompts[start:start + count]}}
         else:
             condition = {"labels": labels[start:start + count].to(device) if labels is not None else None}
         fakes.append(model.sample(count, generator=generator, **condition, **sample_kwargs).cpu())

@@ -1,45 +1,101 @@
-"""DDPM: trains a denoiser on any schedule/target/loss, keeps EMA weights, samples with any sampler."""
+"""One diffusion model for pixels and latents: a frozen first stage, a conditioner, a U-Net denoiser, a schedule."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from pixelforge.conditioning import Conditioner, masked_mean
 from pixelforge.diffusion.losses import diffusion_loss, offset_noise, timestep_buckets
 from pixelforge.diffusion.samplers import ClassifierFreeGuidance, build_sampler
 from pixelforge.diffusion.schedule import NoiseSchedule
+from pixelforge.models.first_stage import load_first_stage
 from pixelforge.modules.ema import EMA
+from pixelforge.modules.embeddings import coordinates
+from pixelforge.modules.first_stage import IdentityFirstStage
 from pixelforge.optim import configure_optimizer
+from pixelforge.utils.images import caption_images
+
+UNET_SIZES = {"in_channels": "the latent channels, + 2 coordinate maps with coord_channels, + a concat map's "
+                             "channels",
+              "out_channels": "the latent channels",
+              "context_dim": "the width of the conditioner's context encoder; None without one",
+              "num_classes": "the class counts of the conditioner's label embedder; None without one"}
 
 
-class DDPM(L.LightningModule):
-    """Denoising diffusion on images in [-1, 1]; the U-Net predicts ``prediction_type`` (eps, x0 or v).
+def check_unet(unet: nn.Module, derived: Mapping[str, Any]) -> None:
+    """A built U-Net (an older run's config) must take the conditioning the model gives it."""
+    for key in ("context_dim", "num_classes"):
+        actual = getattr(unet, key, None)
+        wanted = derived[key] if key != "num_classes" or derived[key] is None else tuple(
+            [derived[key]] if isinstance(derived[key], int) else derived[key])
+        if actual != wanted:
+            raise ValueError(f"the U-Net's {key} ({actual}) must be {wanted}: {UNET_SIZES[key]}")
 
-    ``cond_key`` names the batch key(s) of class labels (``"label"``, or the shapes' attributes); labels are
-    replaced by the U-Net's null label with probability ``cond_drop_prob`` during training, so
-    classifier-free guidance works at sampling time. Validation and sampling use the EMA weights;
-    ``clip_denoised`` keeps the samplers' x0 estimates in the data range [-1, 1]. ``compile`` runs the trained
-    network through ``torch.compile`` (the EMA copy that validates and samples stays eager).
+
+def build_unet(unet: nn.Module | Callable[..., nn.Module], derived: Mapping[str, Any]) -> nn.Module:
+    """The U-Net of the partial ``unet`` with the sizes that follow from the rest of the model (``derived``); a size
+    the config also sets must agree, so changing one key (``coord_channels``, the text encoder) cannot break another."""
+    if isinstance(unet, nn.Module):
+        check_unet(unet, derived)
+        return unet
+    given = getattr(unet, "keywords", {})
+    for key, value in derived.items():
+        if key in given and given[key] != value:
+            raise ValueError(f"model.unet.{key}={given[key]} does not fit the model, which needs {value} "
+                             f"({UNET_SIZES[key]}); leave model.unet.{key} out")
+    return unet(**{**given, **derived})
+
+
+@dataclass
+class ImageInit:
+    """Where img2img and inpainting start: ``images`` (B,C,H,W in [-1, 1]) re-noised to ``strength`` in (0, 1]; with
+    ``keep_mask`` (B or 1,1,H,W, 1 = keep the image) only the rest is repainted."""
+
+    images: torch.Tensor
+    strength: float = 1.0
+    keep_mask: torch.Tensor | None = None
+
+
+class DiffusionModel(L.LightningModule):
+    """Denoising diffusion on ``z = scale_factor · encode(x)`` of a frozen first stage; the U-Net predicts
+    ``prediction_type`` (eps, x0 or v) under the conditioner's ``context`` / ``y`` / ``concat`` inputs.
+
+    ``first_stage`` is a spec of a trained autoencoder (``run``, ``ckpt`` or ``config``; an ``experiment`` is turned
+    into a run by ``main.py``) for latent diffusion, or None for pixel diffusion on ``channels``-channel images (the
+    identity first stage). ``unet`` is a partial (``_partial_: true``) whose ``in_channels``, ``out_channels``,
+    ``context_dim`` and ``num_classes`` the model fills in from the first stage, the conditioner,
+    ``coord_channels`` (two coordinate-map inputs) and a concat map; a built U-Net (older runs) is checked instead.
+    ``scale_by_std`` sets ``scale_factor`` to 1/std of the first training batch's latents (CompVis) and the
+    checkpoint keeps it. The U-Net and trainable encoders train and are averaged (``ema``) together; validation and
+    sampling use the average. ``clip_denoised`` keeps the samplers' x0 estimates in [-1, 1] (pixel data);
+    ``compile`` runs the trained U-Net through ``torch.compile``.
     """
 
     def __init__(
         self,
-        unet: nn.Module,
+        unet: nn.Module | Callable[..., nn.Module],
         schedule: NoiseSchedule,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable | None = None,
+        first_stage: Mapping[str, Any] | nn.Module | None = None,
+        conditioner: Conditioner | None = None,
         image_size: int = 32,
-        channels: int = 1,
+        channels: int | None = None,
         prediction_type: str = "eps",
         loss_type: str = "l2",
         min_snr_gamma: float | None = None,
         offset_noise_strength: float = 0.0,
-        cond_key: str | Sequence[str] | None = None,
-        cond_drop_prob: float = 0.1,
+        scale_factor: float = 1.0,
+        scale_by_std: bool = False,
+        sample_posterior: bool = True,
+        coord_channels: bool = False,
         ema: Mapping[str, Any] | None = None,
         log_sampler: Mapping[str, Any] | None = None,
         log_guidance_scale: float = 3.0,
@@ -47,81 +103,182 @@ class DDPM(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "scheduler", "cond_stage"])
-        self.unet = unet
+        self.save_hyperparameters(ignore=["unet", "schedule", "optimizer", "scheduler", "first_stage", "conditioner"])
+        self.first_stage = self.build_first_stage(first_stage, channels, image_size)
+        self.conditioner = conditioner if conditioner is not None else Conditioner()
+        self.unet = build_unet(unet, self.unet_sizes(coord_channels))
         self.schedule = schedule
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.image_size = image_size
-        self.channels = channels
+        self.channels = self.first_stage.embed_dim
         self.prediction_type = prediction_type
         self.loss_type = loss_type
         self.min_snr_gamma = min_snr_gamma
         self.offset_noise_strength = offset_noise_strength
-        self.cond_keys = [cond_key] if isinstance(cond_key, str) else list(cond_key or [])
-        if self.cond_keys and getattr(unet, "num_classes", None) is None:
-            raise ValueError(f"cond_key={cond_key!r} needs a class-conditional U-Net (set unet.num_classes)")
-        self.cond_drop_prob = cond_drop_prob
-        self.ema = EMA(unet, **ema) if ema is not None else None
-        self.log_sampler = dict(log_sampler or {"name": "ddim", "steps": 25})
+        self.scale_by_std = scale_by_std
+        self.sample_posterior = sample_posterior
+        self.coord_channels = coord_channels
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        self.ema = EMA(self.trained(), **ema) if ema is not None else None
+        self.log_sampler = dict(log_sampler or {"name": "dpmpp", "steps": 20})
         self.log_guidance_scale = log_guidance_scale
         self.clip_denoised = clip_denoised
         self.compile_unet = compile
 
-    # ---- conditioning -------------------------------------------------------------------------------------
+    # ---- construction -------------------------------------------------------------------------------------
+    @staticmethod
+    def build_first_stage(first_stage: Mapping[str, Any] | nn.Module | None, channels: int | None,
+                          image_size: int) -> nn.Module:
+        """The identity first stage on ``channels`` channels for pixel diffusion, or the frozen autoencoder."""
+        if first_stage is None:
+            if channels is None:
+                raise ValueError("pixel diffusion (first_stage null) needs channels, the images' channel count")
+            return IdentityFirstStage(channels)
+        stage = first_stage if isinstance(first_stage, nn.Module) else load_first_stage(first_stage)
+        if channels is not None and channels != stage.embed_dim:
+            raise ValueError(f"channels={channels} does not fit the first stage, whose latents have "
+                             f"{stage.embed_dim}; leave channels out")
+        if image_size % stage.downsample_factor:
+            raise ValueError(f"image_size {image_size} is not divisible by the first stage's factor "
+                             f"{stage.downsample_factor}")
+        return stage
+
+    def unet_sizes(self, coord_channels: bool) -> dict[str, Any]:
+        """The U-Net sizes that follow from the first stage, the conditioner and ``coord_channels``."""
+        context, labels = self.conditioner.embedder("context"), self.conditioner.embedder("y")
+        counts = None if labels is None else labels.encoder.num_classes
+        return {"in_channels": self.first_stage.embed_dim + self.concat_channels + (2 if coord_channels else 0),
+                "out_channels": self.first_stage.embed_dim,
+                "context_dim": None if context is None else context.encoder.dim,
+                "num_classes": None if counts is None else (counts[0] if len(counts) == 1 else list(counts))}
+
+    @property
+    def concat_channels(self) -> int:
+        """Channels the concat map adds at latent size: the latent channels when it is an image the first stage
+        encodes, else its own (it is resized)."""
+        spatial = self.conditioner.embedder("concat")
+        if spatial is None:
+            return 0
+        channels = spatial.encoder.channels
+        return self.first_stage.embed_dim if channels == self.first_stage.in_channels else channels
+
+    def trained(self) -> nn.ModuleDict:
+        """What trains and is averaged: the U-Net and the conditioner (whose frozen encoders have no parameters)."""
+        return nn.ModuleDict({"unet": self.unet, "conditioner": self.conditioner})
+
+    def networks(self, use_ema: bool = True) -> tuple[nn.Module, Conditioner]:
+        """(U-Net, conditioner) with the EMA (default) or the live weights."""
+        if use_ema and self.ema is not None:
+            return self.ema.module["unet"], self.ema.module["conditioner"]
+        return self.unet, self.conditioner
+
+    def train(self, mode: bool = True) -> DiffusionModel:
+        """Train the denoiser; the first stage always stays in eval mode."""
+        super().train(mode)
+        self.first_stage.eval()
+        return self
+
+    # ---- what the model can be asked ----------------------------------------------------------------------
+    @property
+    def downsample_factor(self) -> int:
+        """Pixels per latent position along each side (1 for pixel diffusion)."""
+        return self.first_stage.downsample_factor
+
+    @property
+    def text_conditioned(self) -> bool:
+        """Whether the model is prompted with text."""
+        return self.conditioner.text_key is not None
+
+    @property
+    def cond_keys(self) -> list[str]:
+        """Batch keys of the class labels the model is conditioned on, as the other generative families name them."""
+        return list(self.conditioner.label_heads)
+
     @property
     def class_counts(self) -> list[int]:
-        """Number of classes per conditioning key (empty for an unconditional model)."""
-        return list(self.unet.num_classes) if self.cond_keys else []
+        """Number of classes per ``cond_keys`` key."""
+        return list(self.conditioner.label_heads.values())
 
-    def labels(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
-        """The batch's class labels as the U-Net takes them: ``B`` for one key, ``B,K`` for several, else None."""
-        if not self.cond_keys:
-            return None
-        if len(self.cond_keys) == 1:
-            return batch[self.cond_keys[0]]
-        return torch.stack([batch[key] for key in self.cond_keys], dim=1)
+    # ---- latents ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, sample: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents ``scale_factor · encode(images)`` of images in [-1, 1]."""
+        return self.scale_factor * self.first_stage.encode_latent(images, sample=sample, generator=generator)
 
-    def null_labels(self, n: int) -> torch.Tensor | None:
-        """The unconditional label(s) for ``n`` samples, or None for an unconditional model."""
-        return self.unet.null_labels(n).to(self.device) if self.cond_keys else None
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from scaled latents."""
+        return self.first_stage.decode(z / self.scale_factor).clamp(-1, 1)
 
-    def drop_labels(self, y: torch.Tensor | None) -> torch.Tensor | None:
-        """Replace each sample's labels by the null label with probability ``cond_drop_prob``."""
-        if y is None or self.cond_drop_prob <= 0:
-            return y
-        drop = torch.rand(len(y), device=y.device) < self.cond_drop_prob
-        null = self.null_labels(len(y))
-        return torch.where(drop.view(-1, *([1] * (y.dim() - 1))), null, y)
+    def sample_shape(self, n: int, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """Latent noise shape for ``n`` images of ``height`` x ``width`` pixels (default: the training size)."""
+        height, width = height or self.image_size, width or self.image_size
+        multiple = self.downsample_factor * getattr(self.unet, "downsampling", 1)
+        if height % multiple or width % multiple:
+            raise ValueError(f"H={height} and W={width} must be multiples of {multiple} (first-stage factor "
+                             f"{self.downsample_factor} x the U-Net's downsampling)")
+        return (n, self.channels, height // self.downsample_factor, width // self.downsample_factor)
 
-    def condition(self, batch: Mapping[str, Any], net: nn.Module, drop: bool) -> dict[str, Any]:
-        """The network's keyword conditioning for ``batch`` (labels as ``y``), dropped for guidance when ``drop``."""
-        y = self.labels(batch)
-        return {"y": self.drop_labels(y) if drop else y} if y is not None else {}
+    @torch.no_grad()
+    def fit_scale_factor(self, images: torch.Tensor) -> None:
+        """Set ``scale_factor`` to 1/std of the latents of ``images`` (gathered over all ranks under DDP)."""
+        z = self.first_stage.encode_latent(images, sample=self.sample_posterior).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            z = self.all_gather(z)
+        self.scale_factor.fill_(1.0 / z.flatten().std().item())
 
-    # ---- what the diffusion runs on: pixels here, latents in LatentDiffusion ------------------------------
-    def diffusion_input(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """x0 of the forward process for ``batch``: the images themselves."""
-        return batch["image"]
+    def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """With ``scale_by_std``, fit ``scale_factor`` on the first training batch (not again on resume)."""
+        if self.scale_by_std and self.global_step == 0 and batch_idx == 0:
+            self.fit_scale_factor(batch["image"])
+            self.print(f"scale_factor = 1/std of the first batch's latents = {self.scale_factor.item():.4f}")
 
-    def sample_shape(self, n: int) -> tuple[int, ...]:
-        """Shape of the initial noise for ``n`` samples."""
-        return (n, self.channels, self.image_size, self.image_size)
+    # ---- conditioning -------------------------------------------------------------------------------------
+    def concat_condition(self, spatial: torch.Tensor) -> torch.Tensor:
+        """A B,C,H,W image-space condition at latent size: encoded if it is an image, else resized (area)."""
+        spatial = spatial.to(self.device, torch.float32)
+        if spatial.shape[1] == self.first_stage.in_channels:
+            return self.encode(spatial)
+        return F.interpolate(spatial, size=self.sample_shape(1, *spatial.shape[-2:])[-2:], mode="area")
 
-    def network(self, use_ema: bool = True) -> nn.Module:
-        """The EMA (default) or the live denoising network."""
-        return self.ema.module if use_ema and self.ema is not None else self.unet
+    def unet_conditions(self, conditioner: Conditioner, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The U-Net keywords of raw conditions: the conditioner's, the concat map at latent size and, when the
+        U-Net takes one, the mean context token as ``pooled``."""
+        cond = conditioner(raw)
+        if "concat" in cond:
+            cond["concat"] = self.concat_condition(cond["concat"])
+        if getattr(self.unet, "pooled_dim", None) is not None:
+            cond["pooled"] = masked_mean(cond["context"], cond["context_mask"])
+        return cond
+
+    def apply_unet(self, unet: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
+        """``unet`` on ``x`` with the concat map and the coordinate maps joined to its channels."""
+        cond = dict(cond)
+        inputs = [x]
+        concat = cond.pop("concat", None)
+        if concat is not None:
+            inputs.append(concat.to(x.dtype))
+        if self.coord_channels:
+            inputs.append(coordinates(x))
+        return unet(torch.cat(inputs, dim=1) if len(inputs) > 1 else x, t, **cond)
 
     # ---- training -----------------------------------------------------------------------------------------
-    def loss(self, batch: Mapping[str, Any], net: nn.Module, drop: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample diffusion loss at random timesteps, and those timesteps."""
-        x0 = self.diffusion_input(batch)
+    def loss(self, batch: Mapping[str, Any], use_ema: bool = False,
+             drop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample diffusion loss at random timesteps, and those timesteps; ``drop`` applies the conditions'
+        ``ucg_rate`` (training)."""
+        unet, conditioner = self.networks(use_ema)
+        x0 = self.encode(batch["image"], sample=self.sample_posterior)
         t = torch.randint(0, self.schedule.num_timesteps, (len(x0),), device=x0.device)
         if self.offset_noise_strength > 0:
             noise = offset_noise(x0.shape, self.offset_noise_strength, device=x0.device).to(x0.dtype)
         else:
             noise = torch.randn_like(x0)
-        pred = net(self.schedule.q_sample(x0, t, noise), t, **self.condition(batch, net, drop))
+        raw = conditioner.read(batch)
+        cond = self.unet_conditions(conditioner, conditioner.drop(raw) if drop else raw)
+        pred = self.apply_unet(unet, self.schedule.q_sample(x0, t, noise), t, cond)
         target = self.schedule.target(x0, noise, t, self.prediction_type)
         loss = diffusion_loss(pred, target, t, self.schedule, self.loss_type, self.min_snr_gamma,
                               self.prediction_type)
@@ -140,130 +297,142 @@ class DDPM(L.LightningModule):
                          batch_size=int(mask.sum()), sync_dist=not on_step)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, t = self.loss(batch, self.unet, drop=True)
+        loss, t = self.loss(batch, drop=True)
         self.log_loss(loss, t, "train")
         return loss.mean()
 
     def on_fit_start(self) -> None:
-        """With ``compile``, ``torch.compile`` the trained network in place (state-dict keys unchanged)."""
+        """With ``compile``, ``torch.compile`` the trained U-Net in place (state-dict keys unchanged)."""
         if self.compile_unet:
             self.unet.compile()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.update(self.unet)
+            self.ema.update(self.trained())
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        loss, t = self.loss(batch, self.network(), drop=False)
-        self.log_loss(loss, t, "val")
+        self.log_loss(*self.loss(batch, use_ema=True), "val")
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        loss, t = self.loss(batch, self.network(), drop=False)
-        self.log_loss(loss, t, "test")
+        self.log_loss(*self.loss(batch, use_ema=True), "test")
 
     def configure_optimizers(self) -> dict:
-        return configure_optimizer(self.unet.parameters(), self.optimizer, self.scheduler,
+        return configure_optimizer(self.trained().parameters(), self.optimizer, self.scheduler,
                                    self.trainer.estimated_stepping_batches)
 
     # ---- sampling -----------------------------------------------------------------------------------------
-    def denoiser(self, use_ema: bool = True) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
-        """``(x_t, t, cond) -> prediction`` over the EMA (default) or the live weights; ``cond`` is a keyword dict."""
-        net = self.network(use_ema)
-        return lambda x, t, cond: net(x, t, **cond)
-
-    @torch.no_grad()
-    def run_sampler(
-        self,
-        noise: torch.Tensor,
-        cond: dict[str, Any],
-        uncond: dict[str, Any] | None = None,
-        sampler: str = "ddim",
-        steps: int | None = 50,
-        scale: float = 1.0,
-        generator: torch.Generator | None = None,
-        use_ema: bool = True,
-        callback: Callable | None = None,
-        progress: bool = False,
-        strength: float | None = None,
-        init: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        **sampler_kwargs: Any,
-    ) -> torch.Tensor:
-        """Run a registered sampler from ``noise`` under ``cond``, guided against ``uncond`` when ``scale`` != 1.
-
-        With ``init`` (clean data in the diffusion's space) and ``strength`` the sampler starts from ``init``
-        re-noised part way (img2img); with ``init`` and ``mask`` (1 = keep ``init``) it inpaints the rest.
-        """
-        model = self.denoiser(use_ema)
-        if scale != 1.0:
-            if uncond is None:
-                raise ValueError(f"guidance scale {scale} needs a conditional model and a condition; this one has "
-                                 "none (use scale 1)")
-            model = ClassifierFreeGuidance(model, scale, uncond)
-        clip = 1.0 if self.clip_denoised else None
-        chosen = build_sampler(sampler, self.schedule, self.prediction_type, steps, clip_x0=clip, **sampler_kwargs)
-        start = 0
-        if strength is not None:
-            if init is None:
-                raise ValueError("strength needs an initial image (init)")
-            start = chosen.start_index(strength)
-            t = chosen.timesteps()[start].to(noise.device).expand(len(noise))
-            noise = self.schedule.q_sample(init, t, noise)
-        known = init if mask is not None else None
-        return chosen.sample(model, noise, cond=cond, generator=generator, callback=callback, progress=progress,
-                             start=start, known=known, mask=mask)
+    def label_conditions(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``labels`` (``B`` for one label key, ``B,K`` for K) as conditions, keyed as ``cond_keys``."""
+        keys = self.cond_keys
+        if not keys:
+            raise ValueError("labels given, but this model is not conditioned on class labels")
+        columns = labels.view(len(labels), -1)
+        if columns.shape[1] != len(keys):
+            raise ValueError(f"labels of shape {tuple(labels.shape)} do not match the label keys {keys}")
+        return {key: columns[:, i] for i, key in enumerate(keys)}
 
     @torch.no_grad()
     def sample(
         self,
         n: int | None = None,
+        conditions: Mapping[str, Any] | None = None,
         labels: torch.Tensor | None = None,
+        *,
         noise: torch.Tensor | None = None,
-        sampler: str = "ddim",
-        steps: int | None = 50,
-        scale: float = 1.0,
         generator: torch.Generator | None = None,
+        sampler: str = "dpmpp",
+        steps: int | None = 20,
+        scale: float = 1.0,
         use_ema: bool = True,
-        callback: Callable | None = None,
-        progress: bool = False,
+        size: tuple[int, int] | None = None,
+        init: ImageInit | None = None,
         **sampler_kwargs: Any,
     ) -> torch.Tensor:
-        """Generate images in [-1, 1]: ``n`` of them, or one per row of ``labels`` / per ``noise`` tensor.
+        """Images in [-1, 1] under ``conditions`` (``{batch key: values}``, e.g. ``{"caption": prompts}``; a missing
+        one is unconditional), guided at ``scale`` against the unconditional value.
 
-        ``scale`` > 1 applies classifier-free guidance against the null label. ``noise`` fixes the
-        initial latent for reproducibility; otherwise it is drawn from ``generator``.
+        ``labels`` is the class-label shorthand the other generative families take. The count is ``n``, or that of
+        the conditions, ``noise`` (the fixed starting latent, CompVis's ``--fixed_code``) or ``init``; ``size``
+        (H, W) picks another output size; ``init`` starts from images (img2img, inpainting). ``sampler_kwargs``
+        go to the sampler (``eta``, ``callback``, ``progress``).
         """
+        conditions = dict(conditions or {})
+        if labels is not None:
+            conditions.update(self.label_conditions(labels))
+        sizes = [len(x) for x in (*conditions.values(), init.images if init else None, noise) if x is not None]
+        count = n if n is not None else (sizes[0] if sizes else None)
+        if count is None:
+            raise ValueError("give n, conditions, labels, init or noise to say how many images to sample")
+        unet, conditioner = self.networks(use_ema)
+        raw = conditioner.read(conditions, count)
+        cond = self.unet_conditions(conditioner, raw)
+        model: Callable = lambda x, t, c: self.apply_unet(unet, x, t, c)  # noqa: E731
+        if scale != 1.0:
+            if not conditioner.guided:
+                raise ValueError(f"guidance scale {scale} needs a conditional model; this one is unconditional "
+                                 "(use scale 1)")
+            model = ClassifierFreeGuidance(model, scale, self.unet_conditions(conditioner,
+                                                                              conditioner.unconditional(raw)))
+        if init is not None:
+            size = tuple(init.images.shape[-2:])
         if noise is None:
-            noise = torch.randn(self.sample_shape(n if n is not None else len(labels)), generator=generator,
+            noise = torch.randn(self.sample_shape(count, *(size or (None, None))), generator=generator,
                                 device=self.device)
-        if self.cond_keys and labels is None:
-            labels = self.null_labels(len(noise))
-        if labels is None and scale != 1.0:
-            raise ValueError(f"guidance scale {scale} needs labels; this model is unconditional")
-        cond = {"y": labels} if labels is not None else {}
-        uncond = {"y": self.null_labels(len(noise))} if labels is not None else None
-        x = self.run_sampler(noise, cond, uncond, sampler, steps, scale, generator, use_ema, callback, progress,
-                             **sampler_kwargs)
-        return x.clamp(-1, 1)
+        callback, progress = sampler_kwargs.pop("callback", None), sampler_kwargs.pop("progress", False)
+        chosen = build_sampler(sampler, self.schedule, self.prediction_type, steps,
+                               clip_x0=1.0 if self.clip_denoised else None, **sampler_kwargs)
+        start, known, mask = 0, None, None
+        if init is not None:
+            known = self.encode(init.images.to(self.device)).float()  # float32 even under autocast
+            start = chosen.start_index(init.strength)
+            t = chosen.timesteps()[start].to(noise.device).expand(len(noise))
+            noise = self.schedule.q_sample(known, t, noise)
+            if init.keep_mask is not None:
+                mask = F.interpolate(init.keep_mask.to(self.device, torch.float32), size=known.shape[-2:],
+                                     mode="area")
+        z = chosen.sample(model, noise, cond=cond, generator=generator, start=start,
+                          known=known if mask is not None else None, mask=mask, callback=callback, progress=progress)
+        return self.decode(z)
 
     @torch.no_grad()
     def log_images(self, batch: Mapping[str, Any], max_images: int = 16, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Inputs, a forward-diffusion row, guided samples (with the batch's labels) and a denoising row."""
-        x0 = batch["image"][:max_images]
-        n = len(x0)
-        images = {"inputs": x0}
+        """Inputs, reconstructions (latent models), a forward-diffusion row, the conditions as text, samples
+        without and with guidance, and a denoising row."""
+        x = batch["image"][:max_images]
+        n = len(x)
+        z = self.encode(x)
+        images = {"inputs": x}
+        if not isinstance(self.first_stage, IdentityFirstStage):
+            images["reconstructions"] = self.decode(z)
         ts = torch.linspace(0, self.schedule.num_timesteps - 1, 8, device=self.device).long()
-        noise = torch.randn_like(x0[:1]).expand(len(ts), -1, -1, -1)
-        images["diffusion_row"] = self.schedule.q_sample(x0[:1].expand(len(ts), -1, -1, -1), ts, noise)
-        labels = self.labels(batch)
-        labels = labels[:n] if labels is not None else None
-        generator = torch.Generator(self.device).manual_seed(0)
+        noise = torch.randn_like(z[:1]).expand(len(ts), -1, -1, -1)
+        images["diffusion_row"] = self.decode(self.schedule.q_sample(z[:1].expand(len(ts), -1, -1, -1), ts, noise))
+        conditions = {key: batch[key][:n] for key in self.conditioner.input_keys}
+        texts = self.condition_texts(conditions, n)
+        if texts:
+            images["conditioning"] = caption_images(torch.full_like(x, -1.0), texts)
+        options = {"sampler": self.log_sampler["name"], "steps": self.log_sampler.get("steps")}
         trajectory: list[torch.Tensor] = []
-        samples = self.sample(n, labels=labels, sampler=self.log_sampler["name"],
-                              steps=self.log_sampler.get("steps"), generator=generator,
-                              scale=self.log_guidance_scale if labels is not None else 1.0,
-                              callback=lambda i, x, x0_pred: trajectory.append(x0_pred[:1]))
-        images["samples"] = samples
+        keep_x0 = lambda i, z, z0: trajectory.append(z0[:1])  # noqa: E731
+        generator = torch.Generator(self.device).manual_seed(0)
+        guided = self.conditioner.guided
+        images["samples"] = self.sample(n, conditions, generator=generator, callback=None if guided else keep_x0,
+                                        **options)
+        if guided:
+            generator = torch.Generator(self.device).manual_seed(0)
+            images["samples_cfg"] = self.sample(n, conditions, generator=generator, scale=self.log_guidance_scale,
+                                                callback=keep_x0, **options)
         keep = torch.linspace(0, len(trajectory) - 1, min(8, len(trajectory))).long().tolist()
-        images["denoise_row"] = torch.cat([trajectory[i] for i in keep]).clamp(-1, 1)
+        images["denoise_row"] = self.decode(torch.cat([trajectory[i] for i in keep]))
         return images
+
+    def condition_texts(self, conditions: Mapping[str, Any], n: int) -> list[str]:
+        """One line per sample naming its prompt or labels (empty for an unconditional model or maps only)."""
+        text_key = self.conditioner.text_key
+        if text_key is not None:
+            return [str(p) for p in conditions[text_key]]
+        keys = self.cond_keys
+        if not keys:
+            return []
+        return [", ".join(f"{key} {int(conditions[key][i])}" if len(keys) > 1 else str(int(conditions[key][i]))
+                          for key in keys) for i in range(n)]

@@ -7,11 +7,13 @@ discriminator trains with a second optimiser from ``disc_start`` on.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 
 from pixelforge.adversarial.losses import check_loss, discriminator_loss, generator_loss
@@ -21,6 +23,7 @@ from pixelforge.metrics.reconstruction import psnr, ssim
 from pixelforge.models.autoencoder import LOSSES, difference_map
 from pixelforge.modules.first_stage import Decoder, Encoder
 from pixelforge.optim import configure_optimizer, optimizer_step
+from pixelforge.runs import load_run, model_config
 
 PERCEPTUAL_KEYS = {"run", "weight"}
 
@@ -268,3 +271,26 @@ class FirstStageModel(L.LightningModule):
         samples = self.decode(self.random_latents(len(x), torch.Generator(self.device).manual_seed(0)))
         return {"inputs": x, "reconstructions": reconstructions,
                 "differences": difference_map(x, reconstructions), "samples": samples}
+
+
+def load_first_stage(spec: Mapping[str, Any]) -> FirstStageModel:
+    """The frozen autoencoder ``spec`` names: a ``run`` directory and/or ``ckpt`` file, or a model ``config``.
+
+    ``experiment`` alone is resolved to a finished run (training one if needed) by ``main.py`` before the model
+    is built; see :func:`pixelforge.stages.plan`.
+    """
+    run, ckpt, config = spec.get("run"), spec.get("ckpt"), spec.get("config")
+    if run or ckpt:
+        saved = Path(run) / "configs" / "config.yaml" if run else None
+        _, model = load_run(ckpt or run, saved)
+    elif config is not None:
+        model = instantiate(model_config(config), _convert_="all")
+    else:
+        hint = (f"; experiment {spec['experiment']!r} is turned into a run by main.py -t"
+                if spec.get("experiment") else "")
+        raise ValueError(f"first_stage needs a run directory (run), a checkpoint (ckpt) or a model config "
+                         f"(config), got {dict(spec)}{hint}")
+    if not isinstance(model, FirstStageModel):
+        raise ValueError(f"first_stage {dict(spec)} is a {type(model).__name__}, not a first-stage autoencoder "
+                         "(AutoencoderKL or VQModel)")
+    return model.eval().requires_grad_(False)

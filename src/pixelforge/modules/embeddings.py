@@ -1,4 +1,4 @@
-"""Conditioning embeddings for diffusion denoisers: sinusoidal timesteps and (multi-head) class labels."""
+"""Conditioning embeddings for diffusion denoisers: sinusoidal timesteps, (multi-head) class labels, coordinates."""
 
 from __future__ import annotations
 
@@ -75,3 +75,15 @@ class LabelEmbedding(nn.Module):
                 f"expected (B,{len(self.num_classes)})" + (" or (B,)" if len(self.num_classes) == 1 else "")
             )
         return sum(embed(labels[:, i]) for i, embed in enumerate(self.embeddings))
+
+
+def coordinates(x: torch.Tensor) -> torch.Tensor:
+    """B,2,H,W maps of the x and y coordinate of each position of ``x``, from -1 (left/top) to 1 (right/bottom).
+
+    Joined to a U-Net's input (CoordConv, Liu et al. 2018) they tell convolutions and attention, which are blind to
+    absolute position, where they are: prompts such as "in the top left" name it.
+    """
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(h, 1).expand(h, w)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, w).expand(h, w)
+    return torch.stack([xs, ys]).expand(b, -1, -1, -1)

@@ -1,4 +1,5 @@
-"""CompVis-style convolutional encoder/decoder of latent-diffusion first stages (KL autoencoder, VQ model)."""
+"""CompVis-style convolutional encoder/decoder of latent-diffusion first stages (KL autoencoder, VQ model), and the
+identity first stage of pixel-space diffusion."""
 
 from __future__ import annotations
 
@@ -114,3 +115,22 @@ class Decoder(nn.Module):
         """B,z_channels,h,w -> B,out_channels,h*f,w*f."""
         h = self.up(self.mid(self.conv_in(z)))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class IdentityFirstStage(nn.Module):
+    """The first stage of pixel-space diffusion: the latents are the images themselves (factor 1)."""
+
+    downsample_factor = 1
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.in_channels = self.embed_dim = channels
+
+    def encode_latent(self, x: torch.Tensor, sample: bool = False,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """The images, unchanged."""
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The latents, which are images."""
+        return z

@@ -1,4 +1,5 @@
-"""Conditioning encoders for diffusion: ``forward(cond) -> (tokens (B,T,dim), mask (B,T) bool | None)``, ``dim``.
+"""Conditioning encoders for diffusion: ``forward(cond) -> (tokens (B,T,dim), mask (B,T) bool | None)``, ``dim``,
+and ``output = "context"`` (they feed cross-attention through a ``pixelforge.conditioning.Embedder``).
 
 Every encoder also has ``unconditional(batch_size)``, the null condition for classifier-free guidance (empty
 prompts, null labels). ``transformers`` is imported only when a FrozenHFTextEncoder is built.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -50,6 +50,8 @@ class FrozenHFTextEncoder(nn.Module):
     as ``openai/clip-vit-large-patch14`` loads its text tower with ``CLIPTextModel`` and anything else loads
     with ``AutoModel``. Prompts are padded to ``max_length`` so batches encoded apart can be concatenated.
     """
+
+    output: ClassVar[str] = "context"  # feeds the U-Net's cross-attention (see pixelforge.conditioning)
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -16,6 +17,8 @@ class TransformerTextEncoder(nn.Module):
 
     The tokenizer is a submodule, so a word vocabulary travels in this module's ``state_dict``.
     """
+
+    output: ClassVar[str] = "context"  # feeds the U-Net's cross-attention (see pixelforge.conditioning)
 
     def __init__(
         self,
