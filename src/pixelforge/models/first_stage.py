@@ -104,10 +104,12 @@ class FirstStageModel(L.LightningModule):
         missing = {"ch_mult", "z_channels"} - set(ddconfig)
         if missing:
             raise ValueError(f"ddconfig lacks {sorted(missing)}; it takes in_channels, ch, ch_mult, num_res_blocks, "
-                             f"z_channels, dropout and num_groups, got {sorted(ddconfig)}")
+                             f"z_channels, dropout, num_groups, norm_eps and asymmetric_downsample, got "
+                             f"{sorted(ddconfig)}")
         config = dict(ddconfig)
         channels = config.pop("in_channels", 3)
-        self.encoder = Encoder(channels, double_z=self.double_z, **config)
+        asymmetric = config.pop("asymmetric_downsample", False)  # the encoder's alone
+        self.encoder = Encoder(channels, double_z=self.double_z, asymmetric_downsample=asymmetric, **config)
         self.decoder = Decoder(channels, **config)
         moments = 2 if self.double_z else 1
         self.quant_conv = nn.Conv2d(moments * config["z_channels"], moments * embed_dim, 1)

@@ -67,15 +67,16 @@ def attend(
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Self-attention with a fused qkv projection, shared by ViTs, text encoders and diffusion U-Nets."""
+    """Self-attention with a fused qkv projection, shared by ViTs, text encoders and diffusion U-Nets;
+    ``qkv_bias=False`` as in Stable Diffusion's transformers (the output projection keeps its bias)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, qkv_bias: bool = True) -> None:
         super().__init__()
         _check_heads(dim, heads)
         self.heads = heads
         self.dropout = dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
-        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over tokens ``x`` (B,N,D); ``mask`` (B,N bool, True = keep) hides padded keys."""
@@ -86,14 +87,14 @@ class MultiHeadSelfAttention(nn.Module):
 class MultiHeadCrossAttention(nn.Module):
     """Queries from tokens ``x`` attend to a conditioning sequence (e.g. text embeddings) of another width."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(self, dim: int, context_dim: int, heads: int, dropout: float = 0.0, qkv_bias: bool = True) -> None:
         super().__init__()
         _check_heads(dim, heads)
         self.heads = heads
         self.dropout = dropout
-        self.q = nn.Linear(dim, dim, bias=bias)
-        self.kv = nn.Linear(context_dim, 2 * dim, bias=bias)
-        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(context_dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend from ``x`` (B,N,D) to ``context`` (B,M,context_dim); ``mask`` (B,M bool, True = keep)."""
@@ -143,13 +144,14 @@ class GEGLU(nn.Module):
 class CrossTransformerBlock(nn.Module):
     """Pre-norm block of self-attention, cross-attention to a context and a GEGLU feed-forward, each residual."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, context_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 qkv_bias: bool = True) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim)
-        self.self_attn = MultiHeadSelfAttention(dim, heads)
+        self.self_attn = MultiHeadSelfAttention(dim, heads, qkv_bias=qkv_bias)
         self.norm2 = nn.LayerNorm(dim)
-        self.cross_attn = MultiHeadCrossAttention(dim, context_dim, heads)
+        self.cross_attn = MultiHeadCrossAttention(dim, context_dim, heads, qkv_bias=qkv_bias)
         self.drop = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(GEGLU(dim, hidden), nn.Dropout(dropout), nn.Linear(hidden, dim))

@@ -23,11 +23,12 @@ def check_groups(channels: Sequence[int], num_groups: int) -> None:
 class ResnetBlock(nn.Module):
     """Pre-activation residual block: (GroupNorm, SiLU, 3x3 conv) twice, 1x1 skip when the width changes."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int = 32, dropout: float = 0.0,
+                 norm_eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(num_groups, in_channels)
+        self.norm1 = nn.GroupNorm(num_groups, in_channels, eps=norm_eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(num_groups, out_channels)
+        self.norm2 = nn.GroupNorm(num_groups, out_channels, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -39,21 +40,22 @@ class ResnetBlock(nn.Module):
         return self.skip(x) + h
 
 
-def mid_block(channels: int, num_groups: int, dropout: float) -> nn.Sequential:
+def mid_block(channels: int, num_groups: int, dropout: float, norm_eps: float) -> nn.Sequential:
     """ResnetBlock, single-head self-attention, ResnetBlock: the lowest-resolution block of encoder and decoder."""
-    return nn.Sequential(ResnetBlock(channels, channels, num_groups, dropout),
-                         AttentionBlock(channels, heads=1, num_groups=num_groups),
-                         ResnetBlock(channels, channels, num_groups, dropout))
+    return nn.Sequential(ResnetBlock(channels, channels, num_groups, dropout, norm_eps),
+                         AttentionBlock(channels, heads=1, num_groups=num_groups, norm_eps=norm_eps),
+                         ResnetBlock(channels, channels, num_groups, dropout, norm_eps))
 
 
 class Encoder(nn.Module):
     """Images -> latent moments: ``num_res_blocks`` ResnetBlocks per level of width ``ch * ch_mult[i]``, a stride-2
     downsample between levels (``2**(len(ch_mult) - 1)`` in all), a mid block with attention, then
-    ``z_channels`` outputs (twice that with ``double_z``: mean and log-variance of a Gaussian posterior)."""
+    ``z_channels`` outputs (twice that with ``double_z``: mean and log-variance of a Gaussian posterior).
+    Stable Diffusion's VAE uses ``norm_eps`` 1e-6 and ``asymmetric_downsample`` (see ``Downsample``)."""
 
     def __init__(self, in_channels: int = 3, ch: int = 128, ch_mult: Sequence[int] = (1, 2, 4, 4),
                  num_res_blocks: int = 2, z_channels: int = 4, double_z: bool = True, dropout: float = 0.0,
-                 num_groups: int = 32) -> None:
+                 num_groups: int = 32, norm_eps: float = 1e-5, asymmetric_downsample: bool = False) -> None:
         super().__init__()
         if not ch_mult or num_res_blocks < 1:
             raise ValueError(f"need a non-empty ch_mult and num_res_blocks >= 1, got {list(ch_mult)}, "
@@ -65,13 +67,13 @@ class Encoder(nn.Module):
         width = ch
         for level, out in enumerate(widths):
             for _ in range(num_res_blocks):
-                layers.append(ResnetBlock(width, out, num_groups, dropout))
+                layers.append(ResnetBlock(width, out, num_groups, dropout, norm_eps))
                 width = out
             if level < len(widths) - 1:
-                layers.append(Downsample(width))
+                layers.append(Downsample(width, asymmetric=asymmetric_downsample))
         self.down = nn.Sequential(*layers)
-        self.mid = mid_block(width, num_groups, dropout)
-        self.norm_out = nn.GroupNorm(num_groups, width)
+        self.mid = mid_block(width, num_groups, dropout, norm_eps)
+        self.norm_out = nn.GroupNorm(num_groups, width, eps=norm_eps)
         self.conv_out = nn.Conv2d(width, 2 * z_channels if double_z else z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +87,8 @@ class Decoder(nn.Module):
     per level from the widest, a nearest-neighbour upsample and 3x3 conv between levels; outputs are unbounded."""
 
     def __init__(self, out_channels: int = 3, ch: int = 128, ch_mult: Sequence[int] = (1, 2, 4, 4),
-                 num_res_blocks: int = 2, z_channels: int = 4, dropout: float = 0.0, num_groups: int = 32) -> None:
+                 num_res_blocks: int = 2, z_channels: int = 4, dropout: float = 0.0, num_groups: int = 32,
+                 norm_eps: float = 1e-5) -> None:
         super().__init__()
         if not ch_mult or num_res_blocks < 1:
             raise ValueError(f"need a non-empty ch_mult and num_res_blocks >= 1, got {list(ch_mult)}, "
@@ -94,16 +97,16 @@ class Decoder(nn.Module):
         check_groups(widths, num_groups)
         width = widths[0]
         self.conv_in = nn.Conv2d(z_channels, width, 3, padding=1)
-        self.mid = mid_block(width, num_groups, dropout)
+        self.mid = mid_block(width, num_groups, dropout, norm_eps)
         layers: list[nn.Module] = []
         for level, out in enumerate(widths):
             for _ in range(num_res_blocks + 1):
-                layers.append(ResnetBlock(width, out, num_groups, dropout))
+                layers.append(ResnetBlock(width, out, num_groups, dropout, norm_eps))
                 width = out
             if level < len(widths) - 1:
                 layers.append(Upsample(width))
         self.up = nn.Sequential(*layers)
-        self.norm_out = nn.GroupNorm(num_groups, width)
+        self.norm_out = nn.GroupNorm(num_groups, width, eps=norm_eps)
         self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
 
     @property

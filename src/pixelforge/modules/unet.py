@@ -21,21 +21,26 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def pointwise(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv applied to (B,N,C_in) tokens as the linear layer it is: (B,N,C_out)."""
-    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+def tokenwise(layer: nn.Conv2d | nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv (or a linear layer) applied to (B,N,C_in) tokens as the linear layer it is: (B,N,C_out)."""
+    return F.linear(tokens, layer.weight.flatten(1), layer.bias)
 
 
 class Downsample(nn.Module):
-    """Halve H and W by a stride-2 3x3 conv, or by 2x2 average pooling when ``use_conv`` is False."""
+    """Halve H and W by a stride-2 3x3 conv, or by 2x2 average pooling when ``use_conv`` is False; ``asymmetric``
+    pads only right and bottom before an unpadded conv, as the first stages of CompVis and Stable Diffusion do."""
 
-    def __init__(self, channels: int, use_conv: bool = True) -> None:
+    def __init__(self, channels: int, use_conv: bool = True, asymmetric: bool = False) -> None:
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2)
+        self.asymmetric = asymmetric and use_conv
+        if use_conv:
+            self.op: nn.Module = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.asymmetric else 1)
+        else:
+            self.op = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B,C,H,W -> B,C,H/2,W/2."""
-        return self.op(x)
+        return self.op(F.pad(x, (0, 1, 0, 1)) if self.asymmetric else x)
 
 
 class Upsample(nn.Module):
@@ -99,9 +104,9 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Residual multi-head self-attention over the H·W positions of a feature map, zero-initialised output."""
 
-    def __init__(self, channels: int, heads: int, num_groups: int = 32) -> None:
+    def __init__(self, channels: int, heads: int, num_groups: int = 32, norm_eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(num_groups, channels)
+        self.norm = nn.GroupNorm(num_groups, channels, eps=norm_eps)
         self.attn = MultiHeadSelfAttention(channels, heads)
         zero_init(self.attn.proj)
 
@@ -115,7 +120,9 @@ class SpatialTransformer(nn.Module):
     """Latent-diffusion transformer on a feature map: norm, 1x1 in, cross-attention blocks, zero-init 1x1 out.
 
     The 1x1 convs keep their conv weights (checkpoints load unchanged) but run as linears on the (B,HW,C) tokens:
-    one matmul each instead of a convolution plus a layout change on either side.
+    one matmul each instead of a convolution plus a layout change on either side. ``linear_proj`` makes them
+    ``nn.Linear`` layers, as Stable Diffusion 2.x stores them (``use_linear_in_transformer``); SD also uses
+    ``norm_eps`` 1e-6 and no q/k/v biases (``qkv_bias=False``).
     """
 
     def __init__(
@@ -126,21 +133,25 @@ class SpatialTransformer(nn.Module):
         depth: int = 1,
         dropout: float = 0.0,
         num_groups: int = 32,
+        norm_eps: float = 1e-5,
+        linear_proj: bool = False,
+        qkv_bias: bool = True,
     ) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(num_groups, channels)
-        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.norm = nn.GroupNorm(num_groups, channels, eps=norm_eps)
+        self.proj_in = nn.Linear(channels, channels) if linear_proj else nn.Conv2d(channels, channels, 1)
         self.blocks = nn.ModuleList(
-            CrossTransformerBlock(channels, heads, context_dim, dropout=dropout) for _ in range(depth)
+            CrossTransformerBlock(channels, heads, context_dim, dropout=dropout, qkv_bias=qkv_bias)
+            for _ in range(depth)
         )
-        self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
+        self.proj_out = zero_init(nn.Linear(channels, channels) if linear_proj else nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Condition ``x`` (B,C,H,W) on ``context`` (B,M,context_dim); ``context_mask`` (B,M bool, True = keep)."""
-        h = pointwise(self.proj_in, rearrange(self.norm(x), "b c h w -> b (h w) c"))
+        h = tokenwise(self.proj_in, rearrange(self.norm(x), "b c h w -> b (h w) c"))
         for block in self.blocks:
             h = block(h, context, context_mask)
-        return x + rearrange(pointwise(self.proj_out, h), "b (h w) c -> b c h w", h=x.shape[2])
+        return x + rearrange(tokenwise(self.proj_out, h), "b (h w) c -> b c h w", h=x.shape[2])
 
 
 CHECKPOINTED = (ResBlock, AttentionBlock, SpatialTransformer)
@@ -181,7 +192,9 @@ class UNetModel(nn.Module):
 
     Every residual branch and the output conv are zero-initialised, so a freshly built U-Net outputs exactly 0.
     Attention runs at levels whose downsampling factor is in ``attention_resolutions`` and in the middle block:
-    plain self-attention, or a SpatialTransformer with cross-attention when ``context_dim`` is set.
+    plain self-attention, or a SpatialTransformer with cross-attention when ``context_dim`` is set. Stable
+    Diffusion's U-Nets set ``transformer_norm_eps=1e-6`` and ``attention_qkv_bias=False`` (and 2.x
+    ``use_linear_in_transformer``), ``use_scale_shift_norm=False`` and ``num_head_channels`` 64 (2.x).
     """
 
     def __init__(
@@ -204,6 +217,9 @@ class UNetModel(nn.Module):
         context_dim: int | None = None,
         transformer_depth: int = 1,
         pooled_dim: int | None = None,
+        transformer_norm_eps: float = 1e-5,
+        use_linear_in_transformer: bool = False,
+        attention_qkv_bias: bool = True,
     ) -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
@@ -238,7 +254,8 @@ class UNetModel(nn.Module):
             heads = ch // num_head_channels if num_head_channels > 0 else num_heads
             if context_dim is None:
                 return AttentionBlock(ch, heads, num_groups)
-            return SpatialTransformer(ch, heads, context_dim, transformer_depth, dropout, num_groups)
+            return SpatialTransformer(ch, heads, context_dim, transformer_depth, dropout, num_groups,
+                                      transformer_norm_eps, use_linear_in_transformer, attention_qkv_bias)
 
         def stage(*layers: nn.Module) -> UNetStage:
             return UNetStage(layers, use_checkpoint)
