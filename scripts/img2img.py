@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         mode = "L" if model.first_stage.in_channels == 1 else "RGB"
         init_image = load_image(args.init_img, height, width, mode) * 2 - 1
         mask = None if args.mask is None else load_image(args.mask, height, width, "L")
-        options = sampling_flags(args, PROG)
+        options = sampling_flags(args)
         extra = {"init_img": args.init_img, "strength": args.strength, "mask": args.mask}
         writer = SampleWriter(args.outdir, sample_record(args, options, height, width, **extra), args.skip_save,
                               args.skip_grid, args.n_rows or args.n_samples)

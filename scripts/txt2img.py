@@ -6,8 +6,8 @@
 
 Writes outdir/samples/NNNNN.png and outdir/grid-NNNN.png, numbered on from what is already there, and appends one
 line per image to outdir/prompts.txt (file, tab, prompt) and outdir/samples.jsonl (file, grid, prompt, seed,
-sampler, steps, scale, eta, H, W, ckpt). --ddim_steps counts the steps of any sampler; --plms (CompVis) runs
-DPM-Solver++ with a note, as pixelforge has no PLMS sampler. No safety checker, no watermark.
+sampler, steps, scale, eta, H, W, ckpt). --ddim_steps counts the steps of any sampler; --plms is CompVis's PLMS
+sampler. No safety checker, no watermark.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = prompt_batches(args)
         model = load_text_model(args.ckpt, args.config, device_of(args), args.C, args.f)
         height, width = output_size(model, args.H, args.W)
-        options = sampling_flags(args, PROG)
+        options = sampling_flags(args)
         writer = SampleWriter(args.outdir, sample_record(args, options, height, width), args.skip_save, args.skip_grid,
                               args.n_rows or args.n_samples)
         sample_batches(model, batches, writer, seed=args.seed, n_iter=args.n_iter, fixed_code=args.fixed_code,

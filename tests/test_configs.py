@@ -18,7 +18,8 @@ GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name !=
 
 def options(group: str) -> list[str]:
     """``group=option`` overrides for every preset under ``configs/<group>/`` (nested: ``model=classifier/cnn``)."""
-    return [f"model/text_encoder@model.conditioner.caption.encoder={Path(option).name}"  # a sub-group chosen inside a model preset
+    # a sub-group chosen inside a model preset: the text encoder of the caption embedder
+    return [f"model/text_encoder@model.conditioner.caption.encoder={Path(option).name}"
             if group == "model" and option.startswith("text_encoder/") else f"{group}={option}"
             for option in group_options(group)]
 

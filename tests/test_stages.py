@@ -21,7 +21,8 @@ QUIET = ["trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "callb
 TINY_FIRST = ["model.ddconfig.ch=8", "model.ddconfig.ch_mult=[1,2]", "model.ddconfig.num_groups=4",
               "trainer.max_steps=2", *QUIET]
 TINY_LDM = ["experiment=ldm_shapes_txt2img", "model.unet.model_channels=16", "model.unet.num_groups=8",
-            "model.unet.num_res_blocks=1", "model.conditioner.caption.encoder.dim=16", "model.conditioner.caption.encoder.depth=1",
+            "model.unet.num_res_blocks=1",
+            "model.conditioner.caption.encoder.dim=16", "model.conditioner.caption.encoder.depth=1",
             "model.log_sampler.steps=2", "trainer.max_steps=1", *QUIET]
 
 

@@ -15,7 +15,8 @@ FAST = [override for override in TINY if not override.startswith("data")]  # few
 FIRST_STAGE = ["experiment=autoencoder_kl_shapes", "model.ddconfig.ch=8", "model.ddconfig.ch_mult=[1,2]",
                "model.ddconfig.num_groups=4"]
 LDM = ["experiment=ldm_shapes_txt2img", "model.unet.model_channels=16", "model.unet.num_groups=8",
-       "model.unet.num_res_blocks=1", "model.conditioner.caption.encoder.dim=32", "model.conditioner.caption.encoder.depth=1",
+       "model.unet.num_res_blocks=1",
+       "model.conditioner.caption.encoder.dim=32", "model.conditioner.caption.encoder.depth=1",
        "model.log_sampler.steps=2"]
 
 

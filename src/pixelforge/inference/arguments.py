@@ -16,7 +16,6 @@ from pixelforge.inference.text_to_image import InferenceError, read_prompts, sam
 from pixelforge.runs import load_run
 
 DEFAULT_PROMPT = "a large red circle in the center"
-PLMS = "plms"  # CompVis's --plms; pixelforge has no PLMS sampler and runs DPM-Solver++ for it
 
 
 @contextlib.contextmanager
@@ -75,8 +74,8 @@ def text_to_image_parser(prog: str, description: str) -> argparse.ArgumentParser
     parser.add_argument("--ddim_steps", type=positive_int, default=20, help="sampling steps (of any sampler)")
     sampler = parser.add_mutually_exclusive_group()
     sampler.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp", help="diffusion sampler")
-    sampler.add_argument("--plms", dest="sampler", action="store_const", const=PLMS,
-                         help="CompVis's PLMS: pixelforge has none and runs DPM-Solver++ (dpmpp) instead")
+    sampler.add_argument("--plms", dest="sampler", action="store_const", const="plms",
+                         help="CompVis's PLMS (pseudo linear multistep): the same as --sampler plms")
     sampler.add_argument("--dpm_solver", dest="sampler", action="store_const", const="dpmpp",
                          help="DPM-Solver++ (2M): the same as --sampler dpmpp")
     parser.add_argument("--fixed_code", action="store_true", help="one starting noise for every batch")
@@ -102,14 +101,9 @@ def prompt_batches(args: argparse.Namespace) -> list[list[str]]:
     return [prompts[i:i + args.n_samples] for i in range(0, len(prompts), args.n_samples)]
 
 
-def sampling_flags(args: argparse.Namespace, prog: str) -> dict[str, Any]:
-    """The sampler keywords of the txt2img flags; --plms runs DPM-Solver++ with a note."""
-    name = args.sampler
-    if name == PLMS:
-        print(f"{prog}: note: pixelforge has no PLMS sampler; --plms runs DPM-Solver++ (dpmpp), a multistep "
-              "solver that needs no more steps", file=sys.stderr)
-        name = "dpmpp"
-    return sampler_options(name, args.ddim_steps, args.scale, args.ddim_eta, args.use_ema)
+def sampling_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler keywords of the txt2img flags."""
+    return sampler_options(args.sampler, args.ddim_steps, args.scale, args.ddim_eta, args.use_ema)
 
 
 def sample_record(args: argparse.Namespace, options: dict[str, Any], height: int, width: int,

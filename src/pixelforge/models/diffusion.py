@@ -73,9 +73,11 @@ class DiffusionModel(L.LightningModule):
     ``context_dim`` and ``num_classes`` the model fills in from the first stage, the conditioner,
     ``coord_channels`` (two coordinate-map inputs) and a concat map; a built U-Net (older runs) is checked instead.
     ``scale_by_std`` sets ``scale_factor`` to 1/std of the first training batch's latents (CompVis) and the
-    checkpoint keeps it. The U-Net and trainable encoders train and are averaged (``ema``) together; validation and
-    sampling use the average. ``clip_denoised`` keeps the samplers' x0 estimates in [-1, 1] (pixel data);
-    ``compile`` runs the trained U-Net through ``torch.compile``.
+    checkpoint keeps it. ``sampling`` holds the sampler options every ``sample`` starts from
+    (``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``: Stable Diffusion's are CompVis's leading, 1,
+    false). The U-Net and trainable encoders train and are averaged (``ema``) together; validation and sampling use
+    the average. ``clip_denoised`` keeps the samplers' x0 estimates in [-1, 1] (pixel data); ``compile`` runs the
+    trained U-Net through ``torch.compile``.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class DiffusionModel(L.LightningModule):
         coord_channels: bool = False,
         ema: Mapping[str, Any] | None = None,
         log_sampler: Mapping[str, Any] | None = None,
+        sampling: Mapping[str, Any] | None = None,
         log_guidance_scale: float = 3.0,
         clip_denoised: bool = True,
         compile: bool = False,
@@ -122,6 +125,7 @@ class DiffusionModel(L.LightningModule):
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
         self.ema = EMA(self.trained(), **ema) if ema is not None else None
         self.log_sampler = dict(log_sampler or {"name": "dpmpp", "steps": 20})
+        self.sampling = dict(sampling or {})
         self.log_guidance_scale = log_guidance_scale
         self.clip_denoised = clip_denoised
         self.compile_unet = compile
@@ -380,7 +384,7 @@ class DiffusionModel(L.LightningModule):
                                 device=self.device)
         callback, progress = sampler_kwargs.pop("callback", None), sampler_kwargs.pop("progress", False)
         chosen = build_sampler(sampler, self.schedule, self.prediction_type, steps,
-                               clip_x0=1.0 if self.clip_denoised else None, **sampler_kwargs)
+                               clip_x0=1.0 if self.clip_denoised else None, **{**self.sampling, **sampler_kwargs})
         start, known, mask = 0, None, None
         if init is not None:
             known = self.encode(init.images.to(self.device)).float()  # float32 even under autocast

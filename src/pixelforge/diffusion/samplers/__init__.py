@@ -10,6 +10,7 @@ from pixelforge.diffusion.samplers.ddpm import DDPMSampler
 from pixelforge.diffusion.samplers.dpm_solver import DPMSolverPP2MSampler
 from pixelforge.diffusion.samplers.euler_ancestral import EulerAncestralSampler
 from pixelforge.diffusion.samplers.guidance import ClassifierFreeGuidance, concat_cond
+from pixelforge.diffusion.samplers.plms import PLMSSampler
 from pixelforge.diffusion.schedule import NoiseSchedule
 
 SAMPLERS: dict[str, type[Sampler]] = {
@@ -17,6 +18,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "ddim": DDIMSampler,
     "dpmpp": DPMSolverPP2MSampler,
     "euler_a": EulerAncestralSampler,
+    "plms": PLMSSampler,
 }
 
 
@@ -37,6 +39,7 @@ __all__ = [
     "DPMSolverPP2MSampler",
     "Denoiser",
     "EulerAncestralSampler",
+    "PLMSSampler",
     "Sampler",
     "build_sampler",
     "concat_cond",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -12,11 +14,10 @@ from pixelforge.diffusion.schedule import NoiseSchedule
 class DDIMSampler(Sampler):
     """x_{t'} = sqrt(ab')·x0 + sqrt(1 - ab' - s^2)·eps + s·z, s = eta·(DDPM posterior std between t and t')."""
 
-    def __init__(
-        self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None, eta: float = 0.0,
-        clip_x0: float | None = None,
-    ) -> None:
-        super().__init__(schedule, prediction_type, steps, clip_x0)
+    def __init__(self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None,
+                 eta: float = 0.0, **options: Any) -> None:
+        """``options``: the base sampler's (``clip_x0``, ``timestep_spacing``, ``steps_offset``, ...)."""
+        super().__init__(schedule, prediction_type, steps, **options)
         self.eta = eta
 
     def step(

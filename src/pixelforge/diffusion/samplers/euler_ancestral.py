@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -19,11 +21,10 @@ class EulerAncestralSampler(Sampler):
     ``eta`` scales sigma_up (0: plain Euler, which coincides with DDIM at eta = 0 on the same timesteps).
     """
 
-    def __init__(
-        self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None, eta: float = 1.0,
-        clip_x0: float | None = None,
-    ) -> None:
-        super().__init__(schedule, prediction_type, steps, clip_x0)
+    def __init__(self, schedule: NoiseSchedule, prediction_type: str = "eps", steps: int | None = None,
+                 eta: float = 1.0, **options: Any) -> None:
+        """``options``: the base sampler's (``clip_x0``, ``timestep_spacing``, ``steps_offset``, ...)."""
+        super().__init__(schedule, prediction_type, steps, **options)
         self.eta = eta
 
     def step(
