@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -43,12 +44,32 @@ def _import_transformers() -> Any:
         raise ImportError(f"FrozenHFTextEncoder needs the transformers package: {INSTALL_HINT}") from error
 
 
+LAYERS = ("last", "penultimate")
+
+
+def text_transformer(model: nn.Module) -> nn.Module:
+    """A CLIP text model's transformer (with ``final_layer_norm``): ``text_model`` before transformers 5.6, the model
+    itself after."""
+    return getattr(model, "text_model", model)
+
+
+def model_and_tokenizer_paths(path: str) -> tuple[str, str]:
+    """(text encoder folder, tokenizer folder): a diffusers pipeline folder keeps them as siblings."""
+    root = Path(path)
+    if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir():
+        return str(root / "text_encoder"), str(root / "tokenizer")
+    return path, path
+
+
 class FrozenHFTextEncoder(nn.Module):
-    """Prompts -> (last hidden states (B,T,dim), attention mask (B,T) bool, True = real) of a frozen HF model.
+    """Prompts -> (hidden states (B,T,dim), attention mask (B,T) bool or None) of a frozen Hugging Face model.
 
     ``model_class`` names a ``transformers`` class (e.g. ``CLIPTextModel``); by default a CLIP checkpoint such
     as ``openai/clip-vit-large-patch14`` loads its text tower with ``CLIPTextModel`` and anything else loads
-    with ``AutoModel``. Prompts are padded to ``max_length`` so batches encoded apart can be concatenated.
+    with ``AutoModel``; a diffusers pipeline folder loads from its ``text_encoder/`` and ``tokenizer/``. Prompts are
+    padded to ``max_length`` so batches encoded apart can be concatenated. Stable Diffusion encodes as
+    ``attention_mask=False`` does: the padded prompt without a mask, and cross-attention sees every position;
+    ``layer="penultimate"`` takes the second-to-last layer through the final LayerNorm (SD 2.x's OpenCLIP).
     """
 
     output: ClassVar[str] = "context"  # feeds the U-Net's cross-attention (see pixelforge.conditioning)
@@ -59,19 +80,25 @@ class FrozenHFTextEncoder(nn.Module):
         max_length: int = 77,
         local_files_only: bool = True,
         model_class: str | None = None,
+        attention_mask: bool = True,
+        layer: str = "last",
     ) -> None:
         super().__init__()
+        if layer not in LAYERS:
+            raise ValueError(f"layer {layer!r} is not one of {LAYERS}")
         transformers = _import_transformers()
-        path = resolve_name_or_path(name_or_path)
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=local_files_only)
+        model_path, tokenizer_path = model_and_tokenizer_paths(resolve_name_or_path(name_or_path))
+        config = transformers.AutoConfig.from_pretrained(model_path, local_files_only=local_files_only)
         if model_class is None:
-            model_class = "CLIPTextModel" if config.model_type == "clip" else "AutoModel"
+            model_class = "CLIPTextModel" if config.model_type in ("clip", "clip_text_model") else "AutoModel"
         if not hasattr(transformers, model_class):
             raise ValueError(f"model_class {model_class!r} is not a transformers class, e.g. 'AutoModel'")
-        model = getattr(transformers, model_class).from_pretrained(path, local_files_only=local_files_only)
+        model = getattr(transformers, model_class).from_pretrained(model_path, local_files_only=local_files_only)
         self.name_or_path = name_or_path
         self.max_length = max_length
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+        self.use_attention_mask = attention_mask
+        self.layer = layer
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=local_files_only)
         object.__setattr__(self, "model", model.eval().requires_grad_(False))  # unregistered: see module docstring
         self.dim = int(model.config.hidden_size)
 
@@ -81,7 +108,7 @@ class FrozenHFTextEncoder(nn.Module):
         return super()._apply(fn, recurse)
 
     @torch.no_grad()
-    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokenise on the CPU, encode on the model's device; ``""`` is the unconditional prompt."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         lengths = self.tokenizer(texts, truncation=False, return_length=True)["length"]
@@ -90,7 +117,15 @@ class FrozenHFTextEncoder(nn.Module):
         batch = self.tokenizer(
             texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.model.device)
-        return self.model(**batch).last_hidden_state, batch["attention_mask"].bool()
+        mask = batch.pop("attention_mask")
+        if self.use_attention_mask:
+            batch["attention_mask"] = mask
+        out = self.model(**batch, output_hidden_states=self.layer == "penultimate")
+        if self.layer == "penultimate":
+            hidden = text_transformer(self.model).final_layer_norm(out.hidden_states[-2])
+        else:
+            hidden = out.last_hidden_state
+        return hidden, mask.bool() if self.use_attention_mask else None
 
     @staticmethod
     def unconditional(batch_size: int) -> list[str]:
@@ -101,5 +136,5 @@ class FrozenHFTextEncoder(nn.Module):
         """Source, class, width and length, for printed models (the frozen model itself is not a child)."""
         return (
             f"name_or_path={self.name_or_path!r}, model={type(self.model).__name__}, dim={self.dim}, "
-            f"max_length={self.max_length}"
+            f"max_length={self.max_length}, attention_mask={self.use_attention_mask}, layer={self.layer!r}"
         )
