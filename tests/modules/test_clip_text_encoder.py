@@ -67,3 +67,19 @@ def test_the_penultimate_layer_goes_through_the_final_layer_norm(sd_folder: Path
     torch.testing.assert_close(tokens, text_transformer(encoder.model).final_layer_norm(hidden))
     with pytest.raises(ValueError, match="layer 'first' is not one of"):
         FrozenHFTextEncoder(str(sd_folder), layer="first")
+
+
+def test_the_clip_tokenizer_built_offline_numbers_tokens_as_open_clip(tmp_path: Path) -> None:
+    open_clip = pytest.importorskip("open_clip")
+    from pixelforge.modules.encoders.clip_bpe import VOCAB_SIZE, clip_tokenizer
+
+    tokenizer = clip_tokenizer(cache_dir=tmp_path)
+    assert len(tokenizer) == VOCAB_SIZE
+    prompts = ["a photograph of an astronaut riding a horse", "A red CUBE, 3 spheres & a cat's toy!"]
+    ours = tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    theirs = open_clip.tokenize(prompts)  # open_clip's own tokenizer: start, tokens, end, then zeros
+    for row, reference in zip(ours, theirs, strict=True):
+        length = int((reference != 0).sum())
+        assert row[:length].tolist() == reference[:length].tolist()
+        assert (row[length:] == tokenizer.eos_token_id).all()  # SD 1.x pads with the end-of-text token
+    assert clip_tokenizer("!", cache_dir=tmp_path).pad_token_id == 0  # OpenCLIP's padding (SD 2.x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,48 +62,39 @@ def model_and_tokenizer_paths(path: str) -> tuple[str, str]:
     return path, path
 
 
-class FrozenHFTextEncoder(nn.Module):
-    """Prompts -> (hidden states (B,T,dim), attention mask (B,T) bool or None) of a frozen Hugging Face model.
+class FrozenTextTower(nn.Module):
+    """Prompts -> (hidden states (B,T,dim), attention mask (B,T) bool or None) of a frozen ``transformers`` text
+    ``model`` and its ``tokenizer``, padded to ``max_length`` so batches encoded apart can be concatenated.
 
-    ``model_class`` names a ``transformers`` class (e.g. ``CLIPTextModel``); by default a CLIP checkpoint such
-    as ``openai/clip-vit-large-patch14`` loads its text tower with ``CLIPTextModel`` and anything else loads
-    with ``AutoModel``; a diffusers pipeline folder loads from its ``text_encoder/`` and ``tokenizer/``. Prompts are
-    padded to ``max_length`` so batches encoded apart can be concatenated. Stable Diffusion encodes as
-    ``attention_mask=False`` does: the padded prompt without a mask, and cross-attention sees every position;
-    ``layer="penultimate"`` takes the second-to-last layer through the final LayerNorm (SD 2.x's OpenCLIP).
+    Stable Diffusion encodes as ``attention_mask=False`` does: the padded prompt without a mask, and
+    cross-attention sees every position; ``layer="penultimate"`` takes the second-to-last layer through the final
+    LayerNorm (SD 2.x's OpenCLIP). The model is kept out of the registry (see the module docstring); an EMA or any
+    other deep copy of this module shares it, since it never changes.
     """
 
     output: ClassVar[str] = "context"  # feeds the U-Net's cross-attention (see pixelforge.conditioning)
 
-    def __init__(
-        self,
-        name_or_path: str = "minilm",
-        max_length: int = 77,
-        local_files_only: bool = True,
-        model_class: str | None = None,
-        attention_mask: bool = True,
-        layer: str = "last",
-    ) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 77, attention_mask: bool = True,
+                 layer: str = "last") -> None:
         super().__init__()
         if layer not in LAYERS:
             raise ValueError(f"layer {layer!r} is not one of {LAYERS}")
-        transformers = _import_transformers()
-        model_path, tokenizer_path = model_and_tokenizer_paths(resolve_name_or_path(name_or_path))
-        config = transformers.AutoConfig.from_pretrained(model_path, local_files_only=local_files_only)
-        if model_class is None:
-            model_class = "CLIPTextModel" if config.model_type in ("clip", "clip_text_model") else "AutoModel"
-        if not hasattr(transformers, model_class):
-            raise ValueError(f"model_class {model_class!r} is not a transformers class, e.g. 'AutoModel'")
-        model = getattr(transformers, model_class).from_pretrained(model_path, local_files_only=local_files_only)
-        self.name_or_path = name_or_path
         self.max_length = max_length
         self.use_attention_mask = attention_mask
         self.layer = layer
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=local_files_only)
+        self.tokenizer = tokenizer
         object.__setattr__(self, "model", model.eval().requires_grad_(False))  # unregistered: see module docstring
         self.dim = int(model.config.hidden_size)
 
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> FrozenHFTextEncoder:
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenTextTower:
+        """A copy that shares the frozen model and tokenizer (an EMA of the conditioner must not duplicate them)."""
+        copy = self.__class__.__new__(self.__class__)
+        memo[id(self)] = copy
+        copy.__dict__.update({key: value if key in ("model", "tokenizer") else deepcopy(value, memo)
+                              for key, value in self.__dict__.items()})
+        return copy
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> FrozenTextTower:
         """Move/cast the unregistered model with this module (``.to``, ``.cuda``, ``.half`` all end here)."""
         self.model._apply(fn, recurse)
         return super()._apply(fn, recurse)
@@ -133,8 +125,38 @@ class FrozenHFTextEncoder(nn.Module):
         return [""] * batch_size
 
     def extra_repr(self) -> str:
-        """Source, class, width and length, for printed models (the frozen model itself is not a child)."""
-        return (
-            f"name_or_path={self.name_or_path!r}, model={type(self.model).__name__}, dim={self.dim}, "
-            f"max_length={self.max_length}, attention_mask={self.use_attention_mask}, layer={self.layer!r}"
-        )
+        """Class, width and length, for printed models (the frozen model itself is not a child)."""
+        return (f"model={type(self.model).__name__}, dim={self.dim}, max_length={self.max_length}, "
+                f"attention_mask={self.use_attention_mask}, layer={self.layer!r}")
+
+
+class FrozenHFTextEncoder(FrozenTextTower):
+    """A ``FrozenTextTower`` loaded by name or folder: ``model_class`` names a ``transformers`` class (e.g.
+    ``CLIPTextModel``); by default a CLIP checkpoint such as ``openai/clip-vit-large-patch14`` loads its text tower
+    with ``CLIPTextModel`` and anything else loads with ``AutoModel``; a diffusers pipeline folder loads from its
+    ``text_encoder/`` and ``tokenizer/``."""
+
+    def __init__(
+        self,
+        name_or_path: str = "minilm",
+        max_length: int = 77,
+        local_files_only: bool = True,
+        model_class: str | None = None,
+        attention_mask: bool = True,
+        layer: str = "last",
+    ) -> None:
+        transformers = _import_transformers()
+        model_path, tokenizer_path = model_and_tokenizer_paths(resolve_name_or_path(name_or_path))
+        config = transformers.AutoConfig.from_pretrained(model_path, local_files_only=local_files_only)
+        if model_class is None:
+            model_class = "CLIPTextModel" if config.model_type in ("clip", "clip_text_model") else "AutoModel"
+        if not hasattr(transformers, model_class):
+            raise ValueError(f"model_class {model_class!r} is not a transformers class, e.g. 'AutoModel'")
+        model = getattr(transformers, model_class).from_pretrained(model_path, local_files_only=local_files_only)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=local_files_only)
+        super().__init__(model, tokenizer, max_length, attention_mask, layer)
+        self.name_or_path = name_or_path
+
+    def extra_repr(self) -> str:
+        """Where the model came from, then the tower's settings."""
+        return f"name_or_path={self.name_or_path!r}, {super().extra_repr()}"
