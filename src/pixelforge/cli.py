@@ -21,7 +21,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from pixelforge import CONFIG_DIR
+
 CONFIG_GROUPS = frozenset(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())  # data, model, trainer ...
 
 

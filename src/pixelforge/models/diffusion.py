@@ -139,7 +139,10 @@ class DiffusionModel(L.LightningModule):
             if channels is None:
                 raise ValueError("pixel diffusion (first_stage null) needs channels, the images' channel count")
             return IdentityFirstStage(channels)
-        stage = first_stage if isinstance(first_stage, nn.Module) else load_first_stage(first_stage)
+        if isinstance(first_stage, nn.Module):  # built by the config (Stable Diffusion's), weights loaded later
+            stage = first_stage.eval().requires_grad_(False)
+        else:
+            stage = load_first_stage(first_stage)
         if channels is not None and channels != stage.embed_dim:
             raise ValueError(f"channels={channels} does not fit the first stage, whose latents have "
                              f"{stage.embed_dim}; leave channels out")

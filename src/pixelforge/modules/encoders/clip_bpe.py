@@ -50,4 +50,5 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>", cache_dir: str | Path | Non
 
     root = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pixelforge" / "clip-bpe"
     folder = write_vocabulary(root)
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token)
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token,
+                                      model_max_length=77)

@@ -1,0 +1,105 @@
+"""Stable Diffusion single files: a tiny random SD 1.x written by pixelforge's exporter is read back exactly, and
+diffusers' own ``from_single_file`` reads the same file into a pipeline that computes what pixelforge computes, up
+to a 10-step DDIM text-to-image run from the same latents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixelforge.interop import stable_diffusion as sd
+
+diffusers = pytest.importorskip("diffusers")
+TINY = {"image_size": 32,
+        "unet": {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [1],
+                 "num_heads": 2},
+        "first_stage": {"image_size": 32, "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1}},
+        "conditioner": {"caption": {"encoder": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                "intermediate_size": 64}}}}
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def randomise(model: sd.DiffusionModel) -> sd.DiffusionModel:
+    """Random weights in the U-Net and the autoencoder, whose output layers start at zero."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in [*model.unet.parameters(), *model.first_stage.parameters()]:
+            p.normal_(0, 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def single_file(tmp_path_factory) -> tuple[sd.DiffusionModel, Path]:
+    model = randomise(sd.build("v1", TINY))
+    return model, sd.save(model, tmp_path_factory.mktemp("sd") / "model.safetensors")
+
+
+def test_a_written_file_loads_back_exactly(single_file) -> None:
+    model, path = single_file
+    loaded = sd.load(path, overrides=TINY)  # the version is read from the keys
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    tower, theirs = (m.conditioner.embedders["caption"].encoder.model for m in (model, loaded))
+    assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in tower.state_dict().items())
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    kwargs = {"conditions": {"caption": [PROMPT]}, "noise": noise, "sampler": "plms", "steps": 4, "scale": 7.5}
+    torch.testing.assert_close(loaded.sample(**kwargs), model.sample(**kwargs), rtol=0, atol=0)
+
+
+def diffusers_folder(model: sd.DiffusionModel, root: Path) -> Path:
+    """A diffusers pipeline folder of the same tiny architecture (random weights; only its configs are read)."""
+    tower = model.conditioner.embedders["caption"].encoder
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                                  block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32)
+    scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=type(tower.model)(tower.model.config),
+                                             tokenizer=tower.tokenizer, unet=unet, scheduler=scheduler,
+                                             safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.save_pretrained(root)
+    return root
+
+
+def test_diffusers_reads_the_file_and_computes_the_same(single_file, tmp_path: Path) -> None:
+    model, path = single_file
+    folder = diffusers_folder(model, tmp_path / "pipeline")
+    pipe = diffusers.StableDiffusionPipeline.from_single_file(str(path), config=str(folder), local_files_only=True,
+                                                              safety_checker=None)
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([1, 981])
+    tower = model.conditioner.embedders["caption"].encoder
+    with torch.no_grad():
+        context, _ = tower([PROMPT, ""])
+        ids = pipe.tokenizer([PROMPT, ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        torch.testing.assert_close(context, pipe.text_encoder(ids)[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(model.unet(x, t, context=context),
+                                   pipe.unet(x, t, encoder_hidden_states=context).sample, rtol=0, atol=1e-5)
+        image = torch.rand(1, 3, 32, 32) * 2 - 1
+        mean = model.first_stage.encode(image).mean
+        torch.testing.assert_close(mean, pipe.vae.encode(image).latent_dist.mean, rtol=0, atol=1e-4)
+        torch.testing.assert_close(model.first_stage.decoder_output(mean), pipe.vae.decode(mean).sample,
+                                   rtol=0, atol=1e-4)
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    ours = model.sample(conditions={"caption": [PROMPT]}, noise=latents, sampler="ddim", steps=10, scale=7.5)
+    theirs = pipe(PROMPT, height=32, width=32, num_inference_steps=10, guidance_scale=7.5, latents=latents,
+                  output_type="pt").images
+    torch.testing.assert_close((ours + 1) / 2, theirs, rtol=0, atol=1e-3)
+
+
+def test_bad_files_fail_clearly(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    with pytest.raises(FileNotFoundError, match="no Stable Diffusion checkpoint"):
+        sd.load(tmp_path / "missing.safetensors")
+    save_file({"model.diffusion_model.time_embed.0.weight": torch.zeros(1)}, str(tmp_path / "unet_only.safetensors"))
+    with pytest.raises(sd.CheckpointError, match="no text tower"):
+        sd.load(tmp_path / "unet_only.safetensors")
+    with pytest.raises(ValueError, match="unknown Stable Diffusion version 'v3'; valid: v1, v2, v2-v"):
+        sd.build("v3")
