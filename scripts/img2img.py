@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import sys
 
-from pixelforge.inference import SampleWriter, load_image, load_text_model, output_size, sample_batches
+from pixelforge.inference import SampleWriter, load_image, output_size, sample_batches
 from pixelforge.inference.arguments import (
-    device_of,
     exit_on_error,
+    load_model,
     prompt_batches,
     sample_record,
     sampling_flags,
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--strength {args.strength} must be in (0, 1] (1 replaces the init image entirely)")
     with exit_on_error(PROG):
         batches = prompt_batches(args)
-        model = load_text_model(args.ckpt, args.config, device_of(args), args.C, args.f)
+        model = load_model(args)
         height, width = output_size(model, args.H, args.W)
         mode = "L" if model.first_stage.in_channels == 1 else "RGB"
         init_image = load_image(args.init_img, height, width, mode) * 2 - 1

@@ -1,6 +1,9 @@
-"""Text to image with a trained latent diffusion run, with CompVis/stable-diffusion's flags and output layout.
+"""Text to image with a trained latent diffusion run or Stable Diffusion's released weights, with
+CompVis/stable-diffusion's flags and output layout.
 
     python scripts/txt2img.py --ckpt logs/<ldm run> --prompt "a small blue square in the top left"
+    python scripts/txt2img.py --prompt "a photograph of an astronaut riding a horse" --plms \\
+        --ckpt models/ldm/stable-diffusion-v1/model.ckpt
     python scripts/txt2img.py --ckpt logs/<ldm run> --from-file prompts.txt --n_samples 8 --n_iter 1 \\
         --sampler ddim --ddim_steps 50 --ddim_eta 0 --scale 7.5 --fixed_code
 
@@ -14,10 +17,10 @@ from __future__ import annotations
 
 import sys
 
-from pixelforge.inference import SampleWriter, load_text_model, output_size, sample_batches
+from pixelforge.inference import SampleWriter, output_size, sample_batches
 from pixelforge.inference.arguments import (
-    device_of,
     exit_on_error,
+    load_model,
     prompt_batches,
     sample_record,
     sampling_flags,
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = text_to_image_parser(PROG, __doc__).parse_args(argv)
     with exit_on_error(PROG):
         batches = prompt_batches(args)
-        model = load_text_model(args.ckpt, args.config, device_of(args), args.C, args.f)
+        model = load_model(args)
         height, width = output_size(model, args.H, args.W)
         options = sampling_flags(args)
         writer = SampleWriter(args.outdir, sample_record(args, options, height, width), args.skip_save, args.skip_grid,

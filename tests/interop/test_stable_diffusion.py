@@ -103,3 +103,19 @@ def test_bad_files_fail_clearly(tmp_path: Path) -> None:
         sd.load(tmp_path / "unet_only.safetensors")
     with pytest.raises(ValueError, match="unknown Stable Diffusion version 'v3'; valid: v1, v2, v2-v"):
         sd.build("v3")
+
+
+def test_txt2img_takes_a_single_file_with_compvis_defaults(single_file, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """CompVis's command on a (tiny) SD file: its steps and scale are CompVis's, and --plms runs PLMS."""
+    import json
+    import runpy
+
+    _, path = single_file
+    monkeypatch.setitem(sd.VERSIONS, "v1", ("v1", TINY))  # the file is tiny; the command is CompVis's
+    txt2img = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "txt2img.py"))
+    assert txt2img["main"](["--prompt", PROMPT, "--plms", "--ckpt", str(path), "--n_samples", "1", "--n_iter", "1",
+                            "--outdir", str(tmp_path), "--device", "cpu"]) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert (record["sampler"], record["steps"], record["scale"], record["H"]) == ("plms", 50, 7.5, 32)
+    assert (tmp_path / "samples" / "00000.png").is_file()

@@ -12,7 +12,13 @@ from typing import Any
 import torch
 
 from pixelforge.diffusion.samplers import SAMPLERS
-from pixelforge.inference.text_to_image import InferenceError, read_prompts, sampler_options
+from pixelforge.inference.text_to_image import (
+    InferenceError,
+    default_options,
+    load_text_model,
+    read_prompts,
+    sampler_options,
+)
 from pixelforge.runs import load_run
 
 DEFAULT_PROMPT = "a large red circle in the center"
@@ -71,7 +77,8 @@ def text_to_image_parser(prog: str, description: str) -> argparse.ArgumentParser
                         help="samples/NNNNN.png, grid-NNNN.png, prompts.txt and samples.jsonl go here")
     parser.add_argument("--skip_grid", action="store_true", help="do not write a grid of all images")
     parser.add_argument("--skip_save", action="store_true", help="do not write the individual images")
-    parser.add_argument("--ddim_steps", type=positive_int, default=20, help="sampling steps (of any sampler)")
+    parser.add_argument("--ddim_steps", type=positive_int,
+                        help="sampling steps of any sampler (default: the model's, 50 for Stable Diffusion)")
     sampler = parser.add_mutually_exclusive_group()
     sampler.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp", help="diffusion sampler")
     sampler.add_argument("--plms", dest="sampler", action="store_const", const="plms",
@@ -88,7 +95,13 @@ def text_to_image_parser(prog: str, description: str) -> argparse.ArgumentParser
     parser.add_argument("--n_samples", type=positive_int, default=4,
                         help="batch size: copies of --prompt per batch, or prompts of --from-file per batch")
     parser.add_argument("--n_rows", type=positive_int, help="images per grid row (default: n_samples)")
-    parser.add_argument("--scale", type=float, default=5.0, help="classifier-free guidance scale (1: none)")
+    parser.add_argument("--scale", type=float,
+                        help="classifier-free guidance scale, 1: none (default: the model's, 7.5 for Stable Diffusion)")
+    parser.add_argument("--sd_version", choices=["v1", "v2", "v2-v"],
+                        help="the version of a Stable Diffusion single file (default: read from its keys; a 768-v "
+                             "file needs v2-v)")
+    parser.add_argument("--unsafe", action="store_true",
+                        help="load a .ckpt that pickles more than tensors (it can run code: trusted files only)")
     add_run_arguments(parser)
     return parser
 
@@ -99,6 +112,16 @@ def prompt_batches(args: argparse.Namespace) -> list[list[str]]:
         return [[args.prompt] * args.n_samples]
     prompts = read_prompts(args.from_file)
     return [prompts[i:i + args.n_samples] for i in range(0, len(prompts), args.n_samples)]
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """The model the flags name, with ``--ddim_steps`` and ``--scale`` filled in from it when left out."""
+    model = load_text_model(args.ckpt, args.config, device_of(args), args.C, args.f, args.sd_version, args.use_ema,
+                            args.unsafe)
+    defaults = default_options(model)
+    args.ddim_steps = defaults["steps"] if args.ddim_steps is None else args.ddim_steps
+    args.scale = defaults["scale"] if args.scale is None else args.scale
+    return model
 
 
 def sampling_flags(args: argparse.Namespace) -> dict[str, Any]:

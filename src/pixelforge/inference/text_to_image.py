@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pixelforge.inference.devices import autocast, best_device
 from pixelforge.inference.writer import SampleWriter
+from pixelforge.interop import stable_diffusion
 from pixelforge.models.diffusion import DiffusionModel, ImageInit
 from pixelforge.runs import load_run
 
@@ -27,14 +28,33 @@ class InferenceError(ValueError):
     """An input that sampling cannot use: the message names it and what would be valid."""
 
 
+SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
+
+
+def is_single_file(ckpt: str | Path, config: str | Path | None = None) -> bool:
+    """Whether ``ckpt`` is a Stable Diffusion single file rather than a pixelforge run (or a checkpoint in one):
+    a ``.ckpt`` / ``.safetensors`` file with no run config beside it and none given."""
+    path = Path(ckpt)
+    if config is not None or not path.is_file() or path.suffix not in SINGLE_FILE_SUFFIXES:
+        return False
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return not (run_dir / "configs" / "config.yaml").is_file()
+
+
 def load_text_model(ckpt: str | Path, config: str | Path | None = None, device: str | torch.device | None = None,
-                    channels: int | None = None, factor: int | None = None) -> DiffusionModel:
-    """The text-conditioned run at ``ckpt`` on ``device`` (default: the best here), checked to have the latent
-    ``channels`` and first-stage ``factor`` given (CompVis's ``--C`` and ``--f``; None: the model's)."""
+                    channels: int | None = None, factor: int | None = None, sd_version: str | None = None,
+                    use_ema: bool = True, unsafe: bool = False) -> DiffusionModel:
+    """The text-conditioned run at ``ckpt`` (or a Stable Diffusion single file, of ``sd_version`` or the one its
+    keys say; ``use_ema`` picks its EMA weights, ``unsafe`` allows a full pickle) on ``device`` (default: the best
+    here), checked to have the latent ``channels`` and first-stage ``factor`` given (CompVis's ``--C`` and ``--f``;
+    None: the model's)."""
     try:
-        _, model = load_run(ckpt, config)
-    except (FileNotFoundError, ValueError) as error:
-        raise InferenceError(str(error)) from None
+        if is_single_file(ckpt, config):
+            model = stable_diffusion.load(ckpt, sd_version, use_ema=use_ema, unsafe=unsafe)
+        else:
+            _, model = load_run(ckpt, config)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise InferenceError(str(error).strip("'\"")) from None
     if not (isinstance(model, DiffusionModel) and model.text_conditioned):
         raise InferenceError(f"{ckpt} holds a {type(model).__name__}, not a text-conditioned model (a "
                              "DiffusionModel whose conditioner has a text embedder)")
@@ -42,6 +62,12 @@ def load_text_model(ckpt: str | Path, config: str | Path | None = None, device: 
         if given is not None and given != actual:
             raise InferenceError(f"{flag} {given} does not match the model, whose value is {actual}; leave {flag} out")
     return model.to(torch.device(device) if device else best_device())
+
+
+def default_options(model: DiffusionModel) -> dict[str, Any]:
+    """The model's own sampling settings, which the scripts use for the flags a user leaves out: its image
+    logger's step count and guidance scale (Stable Diffusion: CompVis's 50 steps at scale 7.5)."""
+    return {"steps": model.log_sampler.get("steps") or 20, "scale": model.log_guidance_scale}
 
 
 def output_size(model: DiffusionModel, height: int | None = None, width: int | None = None) -> tuple[int, int]:
