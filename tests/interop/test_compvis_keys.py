@@ -83,3 +83,30 @@ def test_unknown_keys_are_named() -> None:
         unet_to_compvis(UNetModel(4, 4, 32, (1,), 1, (), num_classes=3).state_dict())
     with pytest.raises(KeyError, match=r"CompVis U-Net key\(s\) have no counterpart: \['betas'\]"):
         unet_from_compvis({"betas": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_full_size_stable_diffusion_maps_one_to_one_onto_compvis_keys(version: str) -> None:
+    """SD 1.5 and 2.1 built on the meta device (no memory): every CompVis key of the U-Net and the autoencoder, as
+    diffusers' converter reads them, lands on diffusers' own full-size model with its shape, and back."""
+    from pixelforge.interop import stable_diffusion
+
+    with torch.device("meta"):
+        model = stable_diffusion.build(version)
+        theirs_unet = diffusers.UNet2DConditionModel(
+            cross_attention_dim=768 if version == "v1" else 1024,
+            attention_head_dim=8 if version == "v1" else [5, 10, 20, 20], use_linear_projection=version == "v2")
+        theirs_vae = diffusers.AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                                             latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+                                             up_block_types=("UpDecoderBlock2D",) * 4)
+    ours = unet_to_compvis(model.unet.state_dict())
+    converted = single_file.convert_ldm_unet_checkpoint({UNET_PREFIX + k: v for k, v in ours.items()},
+                                                        dict(theirs_unet.config))
+    expected = {k: v.shape for k, v in theirs_unet.state_dict().items()}
+    assert {k: v.shape for k, v in converted.items()} == expected
+    assert sum(p.numel() for p in model.unet.parameters()) == {"v1": 859_520_964, "v2": 865_910_724}[version]
+    vae = vae_to_compvis(model.first_stage.state_dict(), 4, 2)
+    converted = single_file.convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in vae.items()},
+                                                       dict(theirs_vae.config))
+    assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in theirs_vae.state_dict().items()}
+    assert unet_from_compvis(ours).keys() == model.unet.state_dict().keys()
