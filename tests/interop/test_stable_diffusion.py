@@ -119,3 +119,31 @@ def test_txt2img_takes_a_single_file_with_compvis_defaults(single_file, tmp_path
     (record,) = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert (record["sampler"], record["steps"], record["scale"], record["H"]) == ("plms", 50, 7.5, 32)
     assert (tmp_path / "samples" / "00000.png").is_file()
+
+
+def test_convert_script_rewrites_a_ckpt_as_safetensors_and_refuses_other_architectures(
+        single_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+
+    from safetensors.torch import load_file
+
+    model, path = single_file
+    monkeypatch.setitem(sd.VERSIONS, "v1", ("v1", TINY))
+    pickled = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(str(path)), "global_step": 470000}, pickled)  # CompVis's layout
+    convert = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "convert.py"))
+    assert convert["main"](["--ckpt", str(pickled), "--to", str(tmp_path / "out.safetensors")]) == 0
+    written, original = load_file(str(tmp_path / "out.safetensors")), load_file(str(path))
+    assert written.keys() == original.keys() and all(torch.equal(written[k], v) for k, v in original.items())
+    with pytest.raises(SystemExit) as exit_info:
+        convert["main"](["--ckpt", str(pickled), "--to", str(tmp_path / "out.bin")])
+    assert exit_info.value.code == 2
+
+    from pixelforge.conditioning import Conditioner, Embedder
+    from pixelforge.modules.encoders import TransformerTextEncoder, WordTokenizer
+
+    own = sd.build("v1", TINY)
+    own.conditioner = Conditioner(caption=Embedder(TransformerTextEncoder(WordTokenizer(["a"], 4), 32, 1, 2),
+                                                   "caption"))
+    with pytest.raises(ValueError, match=r"not Stable Diffusion's architecture.*'caption': 'TransformerTextEncoder'"):
+        sd.compvis_state_dict(own)

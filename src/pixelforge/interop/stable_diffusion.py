@@ -213,24 +213,46 @@ def load(path: str | Path, version: str | None = None, use_ema: bool = True,
     return model.eval()
 
 
-def compvis_state_dict(model: DiffusionModel) -> dict[str, torch.Tensor]:
-    """The model's weights as a CompVis single file holds them (SD 1.x text naming), ready for safetensors."""
+def check_exportable(model: DiffusionModel) -> None:
+    """A model a CompVis single file can hold: Stable Diffusion's parts and nothing else (a ValueError says
+    which part differs)."""
+    from pixelforge.models.autoencoder_kl import AutoencoderKL
+
+    embedders = dict(model.conditioner.embedders)
+    encoder = getattr(embedders.get("caption"), "encoder", None)
+    problems = []
+    if set(embedders) != {"caption"} or not isinstance(encoder, FrozenTextTower):
+        found = {name: type(e.encoder).__name__ for name, e in embedders.items()}
+        problems.append(f"its conditions are {found}, where Stable Diffusion has one caption through a CLIP text "
+                        "tower (FrozenTextTower)")
+    if not isinstance(model.first_stage, AutoencoderKL):
+        problems.append(f"its first stage is a {type(model.first_stage).__name__}, not a KL autoencoder")
+    if model.coord_channels:
+        problems.append("its U-Net takes coordinate maps (coord_channels)")
+    if problems:
+        raise ValueError("not Stable Diffusion's architecture, so no CompVis file can hold it: " + "; ".join(problems))
+
+
+def compvis_state_dict(model: DiffusionModel, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The model's weights as a CompVis single file holds them (SD 1.x text naming), ready for safetensors; the
+    U-Net's EMA weights when it keeps them and ``use_ema``."""
+    check_exportable(model)
     ddconfig = model.first_stage.hparams["ddconfig"]
-    state = {UNET_PREFIX + k: v for k, v in unet_to_compvis(model.networks(use_ema=True)[0].state_dict()).items()}
-    state.update({VAE_PREFIX + k: v for k, v in vae_to_compvis(model.first_stage.state_dict(), len(ddconfig["ch_mult"]),
-                                                                ddconfig["num_res_blocks"]).items()})
-    tower = model.conditioner.embedders["caption"].encoder
-    text = text_transformer(tower.model).state_dict()
+    unet = model.networks(use_ema=use_ema)[0]
+    state = {UNET_PREFIX + k: v for k, v in unet_to_compvis(unet.state_dict()).items()}
+    vae = vae_to_compvis(model.first_stage.state_dict(), len(ddconfig["ch_mult"]), ddconfig["num_res_blocks"])
+    state.update({VAE_PREFIX + k: v for k, v in vae.items()})
+    text = text_transformer(model.conditioner.embedders["caption"].encoder.model).state_dict()
     state.update({CLIP_PREFIX + "text_model." + k.removeprefix("text_model."): v for k, v in text.items()})
     state["alphas_cumprod"] = model.schedule.alphas_cumprod.float()
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def save(model: DiffusionModel, path: str | Path) -> Path:
+def save(model: DiffusionModel, path: str | Path, use_ema: bool = True) -> Path:
     """Write the model as a CompVis-layout ``.safetensors`` single file."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(compvis_state_dict(model), str(path))
+    save_file(compvis_state_dict(model, use_ema), str(path))
     return path

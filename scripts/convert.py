@@ -1,0 +1,55 @@
+"""Convert Stable Diffusion weights: a CompVis / Stability single file (.ckpt or .safetensors) or a pixelforge run
+of Stable Diffusion's architecture (a fine-tuned SD) into a CompVis-layout .safetensors file, read strictly and
+written with the U-Net's EMA weights when there are any (--no-ema: the live ones).
+
+    python scripts/convert.py --ckpt models/ldm/stable-diffusion-v1/model.ckpt --to model.safetensors
+    python scripts/convert.py --ckpt logs/<sd_finetune run> --to finetuned.safetensors
+
+A .ckpt that pickles more than tensors (old CompVis files pickle Lightning callbacks) needs --unsafe: a pickle can
+run any code, so convert only files from a source you trust, once, and keep the .safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pixelforge.inference.arguments import exit_on_error
+from pixelforge.inference.text_to_image import is_single_file
+from pixelforge.interop import stable_diffusion
+from pixelforge.runs import load_run
+
+PROG = "convert.py"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="a Stable Diffusion single file, or a pixelforge run")
+    parser.add_argument("--to", required=True, help="the .safetensors file to write")
+    parser.add_argument("--sd_version", choices=sorted(stable_diffusion.VERSIONS),
+                        help="the version of a single file (default: read from its keys)")
+    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
+                        help="write the EMA weights of the U-Net when there are any")
+    parser.add_argument("--no-ema", dest="use_ema", action="store_false", help="the same as --no-use_ema")
+    parser.add_argument("--unsafe", action="store_true", help="read a .ckpt that pickles more than tensors")
+    args = parser.parse_args(argv)
+    if not args.to.endswith(".safetensors"):
+        parser.error(f"--to {args.to}: the output is a .safetensors file")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with exit_on_error(PROG):
+        if is_single_file(args.ckpt):
+            model = stable_diffusion.load(args.ckpt, args.sd_version, use_ema=args.use_ema, unsafe=args.unsafe)
+        else:
+            _, model = load_run(args.ckpt)
+        path = stable_diffusion.save(model, args.to, use_ema=args.use_ema)
+    print(f"{PROG}: wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
