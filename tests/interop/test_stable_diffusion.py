@@ -147,3 +147,46 @@ def test_convert_script_rewrites_a_ckpt_as_safetensors_and_refuses_other_archite
                                                    "caption"))
     with pytest.raises(ValueError, match=r"not Stable Diffusion's architecture.*'caption': 'TransformerTextEncoder'"):
         sd.compvis_state_dict(own)
+
+
+def test_openclip_text_weights_give_sd2s_penultimate_tokens() -> None:
+    """SD 2.x keeps OpenCLIP's text transformer: mapped into transformers' CLIPTextModel it gives what OpenCLIP's
+    own blocks give up to the penultimate layer and the final LayerNorm (Stability's FrozenOpenCLIPEmbedder)."""
+    open_clip = pytest.importorskip("open_clip")
+    from open_clip.transformer import TextTransformer
+
+    torch.manual_seed(0)
+    reference = TextTransformer(context_length=77, vocab_size=49408, width=32, heads=2, layers=3, output_dim=16).eval()
+    weights = {k: v for k, v in reference.state_dict().items() if k != "text_projection"}
+    tower = sd.clip_text_tower(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=128,
+                               hidden_act="gelu", layer="penultimate", pad_token="!")
+    sd.load_text_weights(tower, sd.openclip_to_transformers(weights))
+    prompts = [PROMPT, ""]
+    ids = open_clip.tokenize(prompts)
+    with torch.no_grad():
+        x = reference.token_embedding(ids) + reference.positional_embedding
+        for block in reference.transformer.resblocks[:-1]:
+            x = block(x, attn_mask=reference.attn_mask)
+        expected = reference.ln_final(x)
+        tokens, mask = tower(prompts)
+    assert mask is None and torch.equal(tower.tokenizer(prompts, padding="max_length", max_length=77,
+                                                        return_tensors="pt").input_ids, ids)
+    torch.testing.assert_close(tokens, expected, rtol=0, atol=1e-5)
+
+
+def test_an_sd2_file_is_written_with_openclip_names_and_read_back(tmp_path: Path) -> None:
+    tiny = {**TINY, "unet": {**TINY["unet"], "num_head_channels": 16}}
+    model = randomise(sd.build("v2", tiny))
+    path = sd.save(model, tmp_path / "v2.safetensors")
+    from safetensors.torch import load_file
+
+    keys = load_file(str(path)).keys()
+    assert "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert not any(key.startswith(sd.CLIP_PREFIX) for key in keys)
+    loaded = sd.load(path, overrides=tiny)  # read as 2.x from its OpenCLIP keys
+    assert loaded.prediction_type == "eps" and isinstance(loaded.unet.middle_block[1].proj_in, torch.nn.Linear)
+    tower, theirs = (m.conditioner.embedders["caption"].encoder.model for m in (model, loaded))
+    assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in tower.state_dict().items())
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    assert sd.load(path, "v2-v", overrides=tiny).prediction_type == "v"  # 768-v: the same keys, named by hand
+    assert (sd.sd_config("v2-v").prediction_type, sd.sd_config("v2-v").image_size) == ("v", 768)

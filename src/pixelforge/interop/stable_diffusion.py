@@ -23,6 +23,7 @@ from pixelforge.checkpoints import CheckpointError
 from pixelforge.interop.compvis import (
     UNET_PREFIX,
     VAE_PREFIX,
+    rename,
     unet_from_compvis,
     unet_to_compvis,
     vae_from_compvis,
@@ -149,31 +150,56 @@ def check_schedule(state: Mapping[str, torch.Tensor], model: DiffusionModel) -> 
                                   "0.00085 -> 0.012 over 1000 steps; pass the config it was trained with")
 
 
+OPENCLIP_RENAMES = [("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("mlp.c_fc.", "mlp.fc1."),
+                    ("mlp.c_proj.", "mlp.fc2."), ("attn.out_proj.", "self_attn.out_proj.")]
+OPENCLIP_NAMES = {"token_embedding.weight": "embeddings.token_embedding.weight",
+                  "positional_embedding": "embeddings.position_embedding.weight"}
+
+
 def openclip_to_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """OpenCLIP's text transformer weights under ``transformers``' CLIPTextModel names (q/k/v split out)."""
     out: dict[str, torch.Tensor] = {}
-    renames = [("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("mlp.c_fc.", "mlp.fc1."),
-               ("mlp.c_proj.", "mlp.fc2."), ("attn.out_proj.", "self_attn.out_proj.")]
     for key, value in state.items():
-        if key == "token_embedding.weight":
-            out["embeddings.token_embedding.weight"] = value
-        elif key == "positional_embedding":
-            out["embeddings.position_embedding.weight"] = value
+        if key in OPENCLIP_NAMES:
+            out[OPENCLIP_NAMES[key]] = value
         elif key.startswith("ln_final."):
             out["final_layer_norm." + key.removeprefix("ln_final.")] = value
         elif key.startswith("transformer.resblocks."):
             rest = "encoder.layers." + key.removeprefix("transformer.resblocks.")
             if ".attn.in_proj_" in rest:
-                kind = rest.rsplit("_", 1)[1]  # weight or bias
-                for name, chunk in zip("qkv", value.chunk(3), strict=True):
-                    out[rest.split(".attn.")[0] + f".self_attn.{name}_proj.{kind}"] = chunk
+                layer, kind = rest.split(".attn.in_proj_")
+                out.update({f"{layer}.self_attn.{name}_proj.{kind}": chunk
+                            for name, chunk in zip("qkv", value.chunk(3), strict=True)})
             else:
-                for old, new in renames:
-                    rest = rest.replace(old, new)
-                out[rest] = value
+                out[rename(rest, OPENCLIP_RENAMES, reverse=False)] = value
         else:
             raise CheckpointError(f"OpenCLIP text key {key!r} has no counterpart in transformers' CLIPTextModel")
     return out
+
+
+def transformers_to_openclip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``openclip_to_transformers``: SD 2.x's OpenCLIP names for a CLIPTextModel's weights."""
+    names = {ours: theirs for theirs, ours in OPENCLIP_NAMES.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in ((k.removeprefix("text_model."), v) for k, v in state.items()):
+        if key in names:
+            out[names[key]] = value
+        elif key.startswith("final_layer_norm."):
+            out["ln_final." + key.removeprefix("final_layer_norm.")] = value
+        elif ".self_attn.q_proj." in key:
+            layer, kind = key.split(".self_attn.q_proj.")
+            parts = [state_key(state, f"{layer}.self_attn.{n}_proj.{kind}") for n in "qkv"]
+            out["transformer.resblocks." + layer.removeprefix("encoder.layers.") + ".attn.in_proj_" + kind] = \
+                torch.cat(parts)
+        elif ".self_attn.k_proj." not in key and ".self_attn.v_proj." not in key:
+            out["transformer.resblocks." + rename(key.removeprefix("encoder.layers."), OPENCLIP_RENAMES,
+                                                  reverse=True)] = value
+    return out
+
+
+def state_key(state: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    """``state[key]``, under the installed transformers' ``text_model.`` prefix or not."""
+    return state[key] if key in state else state["text_model." + key]
 
 
 def load_text_weights(tower: FrozenTextTower, weights: Mapping[str, torch.Tensor]) -> None:
@@ -242,8 +268,12 @@ def compvis_state_dict(model: DiffusionModel, use_ema: bool = True) -> dict[str,
     state = {UNET_PREFIX + k: v for k, v in unet_to_compvis(unet.state_dict()).items()}
     vae = vae_to_compvis(model.first_stage.state_dict(), len(ddconfig["ch_mult"]), ddconfig["num_res_blocks"])
     state.update({VAE_PREFIX + k: v for k, v in vae.items()})
-    text = text_transformer(model.conditioner.embedders["caption"].encoder.model).state_dict()
-    state.update({CLIP_PREFIX + "text_model." + k.removeprefix("text_model."): v for k, v in text.items()})
+    tower = model.conditioner.embedders["caption"].encoder
+    text = text_transformer(tower.model).state_dict()
+    if tower.layer == "penultimate":  # SD 2.x: OpenCLIP's names
+        state.update({OPENCLIP_PREFIX + k: v for k, v in transformers_to_openclip(text).items()})
+    else:
+        state.update({CLIP_PREFIX + "text_model." + k.removeprefix("text_model."): v for k, v in text.items()})
     state["alphas_cumprod"] = model.schedule.alphas_cumprod.float()
     return {k: v.detach().contiguous() for k, v in state.items()}
 
