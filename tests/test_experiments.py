@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sd_tiny
 import torch
 from fake_data import write_captioned_images, write_fake_dataset
 from omegaconf import DictConfig
+from sd_tiny import write_tiny_sd
 
 from pixelforge.cli import compose_config, experiments, parse
 from pixelforge.stages import connect, plan
@@ -33,7 +35,13 @@ SMOKE = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_te
 
 def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
     """Overrides that point a recipe needing downloaded or user data at tiny data written here (once: a latent
-    diffusion recipe and its first stage share it)."""
+    diffusion recipe and its first stage share it), and one fine-tuning released weights at a tiny random file."""
+    weights = []
+    if cfg.model._target_.endswith("stable_diffusion.pretrained"):
+        ckpt = tmp_path / "sd" / "model.safetensors"
+        if not ckpt.exists():
+            write_tiny_sd(ckpt)
+        weights = [f"model.ckpt={ckpt}", *sd_tiny.overrides()]
     target = cfg.data.dataset._target_
     if target.endswith("TorchvisionDataset"):
         root = tmp_path / "data" / cfg.data.dataset.name
@@ -43,7 +51,7 @@ def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
     if target.endswith("ImageTextFolderDataset"):
         if not (tmp_path / "folder").exists():
             write_captioned_images(tmp_path / "folder")
-        return [f"data.dataset.root={tmp_path / 'folder'}", "data.image_size=32"]
+        return [f"data.dataset.root={tmp_path / 'folder'}", "data.image_size=32", *weights]
     if "root" in cfg.data.dataset:
         pytest.fail(f"add a stand-in for {target} to tests/test_experiments.py")
     return []

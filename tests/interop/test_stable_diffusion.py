@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from sd_tiny import TINY
 
 from pixelforge.interop import stable_diffusion as sd
 
 diffusers = pytest.importorskip("diffusers")
-TINY = {"image_size": 32,
-        "unet": {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [1],
-                 "num_heads": 2},
-        "first_stage": {"image_size": 32, "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1}},
-        "conditioner": {"caption": {"encoder": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                                "intermediate_size": 64}}}}
 PROMPT = "a photograph of an astronaut riding a horse"
 
 

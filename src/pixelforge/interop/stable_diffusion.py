@@ -217,6 +217,21 @@ def load_strict(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], wh
                               f"unexpected {unexpected[:8]} ({len(unexpected)})")
 
 
+def load_weights(model: DiffusionModel, state: Mapping[str, torch.Tensor], use_ema: bool = True) -> DiffusionModel:
+    """Fill ``model`` (Stable Diffusion's architecture) strictly from a single file's tensors."""
+    parts = split(state, use_ema)
+    check_schedule(state, model)
+    load_strict(model.unet, unet_from_compvis(parts["unet"]), "the U-Net")
+    if model.ema is not None:
+        model.ema.module["unet"].load_state_dict(model.unet.state_dict())
+    ddconfig = model.first_stage.hparams["ddconfig"]
+    vae = vae_from_compvis(parts["vae"], len(ddconfig["ch_mult"]), ddconfig["num_res_blocks"])
+    load_strict(model.first_stage, {**vae, "batches_seen": model.first_stage.batches_seen}, "the autoencoder")
+    text = parts["clip"] or openclip_to_transformers(parts["openclip"])
+    load_text_weights(model.conditioner.embedders["caption"].encoder, text)
+    return model
+
+
 def load(path: str | Path, version: str | None = None, use_ema: bool = True,
          overrides: Mapping[str, Any] | None = None, unsafe: bool = False) -> DiffusionModel:
     """The Stable Diffusion single file at ``path`` as a pixelforge ``DiffusionModel`` (eval mode).
@@ -226,17 +241,14 @@ def load(path: str | Path, version: str | None = None, use_ema: bool = True,
     ``use_ema=False``).
     """
     state = read_state_dict(path, unsafe)
-    version = version or detect_version(state)
-    model = build(version, overrides)
-    parts = split(state, use_ema)
-    check_schedule(state, model)
-    load_strict(model.unet, unet_from_compvis(parts["unet"]), "the U-Net")
-    ddconfig = model.first_stage.hparams["ddconfig"]
-    vae = vae_from_compvis(parts["vae"], len(ddconfig["ch_mult"]), ddconfig["num_res_blocks"])
-    load_strict(model.first_stage, {**vae, "batches_seen": model.first_stage.batches_seen}, "the autoencoder")
-    text = parts["clip"] or openclip_to_transformers(parts["openclip"])
-    load_text_weights(model.conditioner.embedders["caption"].encoder, text)
-    return model.eval()
+    return load_weights(build(version or detect_version(state), overrides), state, use_ema).eval()
+
+
+def pretrained(ckpt: str, use_ema: bool = True, unsafe: bool = False, **model: Any) -> DiffusionModel:
+    """A ``DiffusionModel`` of Stable Diffusion's architecture (``model``: the arguments of
+    ``configs/model/sd/*.yaml``, built by Hydra) with the weights of the single file ``ckpt``: what
+    ``experiment=sd_finetune`` trains from (its EMA, if it keeps one, starts from the same weights)."""
+    return load_weights(DiffusionModel(**model), read_state_dict(ckpt, unsafe), use_ema)
 
 
 def check_exportable(model: DiffusionModel) -> None:

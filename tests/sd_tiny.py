@@ -1,0 +1,38 @@
+"""A tiny random Stable Diffusion 1.x (32 px, f = 2, 32-wide U-Net and text tower) for the tests that need a
+single file: its config overrides, as a dict and as command-line overrides, and a written file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TINY = {"image_size": 32,
+        "unet": {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [1],
+                 "num_heads": 2},
+        "first_stage": {"image_size": 32, "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1}},
+        "conditioner": {"caption": {"encoder": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                "intermediate_size": 64}}}}
+
+
+def overrides(node: dict = TINY, prefix: str = "model.") -> list[str]:
+    """``TINY`` as Hydra overrides (``model.unet.model_channels=32`` ...)."""
+    out = []
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out += overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={str(value).replace(' ', '')}")
+    return out
+
+
+def write_tiny_sd(path: Path) -> Path:
+    """A tiny SD 1.x with random U-Net and autoencoder weights, saved as a CompVis-layout safetensors file."""
+    from pixelforge.interop import stable_diffusion
+
+    model = stable_diffusion.build("v1", TINY)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in [*model.unet.parameters(), *model.first_stage.parameters()]:
+            p.normal_(0, 0.05)
+    return stable_diffusion.save(model, path)
