@@ -100,6 +100,8 @@ def text_to_image_parser(prog: str, description: str) -> argparse.ArgumentParser
     parser.add_argument("--sd_version", choices=["v1", "v2", "v2-v"],
                         help="the version of a Stable Diffusion single file (default: read from its keys; a 768-v "
                              "file needs v2-v)")
+    parser.add_argument("--lora", help="a LoRA file (kohya format, as convert.py --lora_to writes) to merge in")
+    parser.add_argument("--lora_scale", type=float, default=1.0, help="how much of the LoRA to add (1: all of it)")
     parser.add_argument("--unsafe", action="store_true",
                         help="load a .ckpt that pickles more than tensors (it can run code: trusted files only)")
     add_run_arguments(parser)
@@ -114,10 +116,29 @@ def prompt_batches(args: argparse.Namespace) -> list[list[str]]:
     return [prompts[i:i + args.n_samples] for i in range(0, len(prompts), args.n_samples)]
 
 
+def apply_lora(model: Any, path: str, scale: float) -> None:
+    """Merge the LoRA file at ``path`` into the U-Net that samples (the EMA copy when the run keeps one)."""
+    from safetensors.torch import load_file
+
+    from pixelforge.interop.lora import merge_kohya
+
+    try:
+        state = load_file(path)
+    except (OSError, RuntimeError) as error:
+        raise InferenceError(f"--lora {path}: {error}") from None
+    unet = model.networks(use_ema=True)[0]
+    try:
+        merge_kohya(unet, state, unet.num_res_blocks, scale)
+    except KeyError as error:
+        raise InferenceError(f"--lora {path}: {str(error).strip(chr(39))}") from None
+
+
 def load_model(args: argparse.Namespace) -> Any:
     """The model the flags name, with ``--ddim_steps`` and ``--scale`` filled in from it when left out."""
     model = load_text_model(args.ckpt, args.config, device_of(args), args.C, args.f, args.sd_version, args.use_ema,
                             args.unsafe)
+    if args.lora:
+        apply_lora(model, args.lora, args.lora_scale)
     defaults = default_options(model)
     args.ddim_steps = defaults["steps"] if args.ddim_steps is None else args.ddim_steps
     args.scale = defaults["scale"] if args.scale is None else args.scale

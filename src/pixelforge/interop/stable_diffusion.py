@@ -32,6 +32,7 @@ from pixelforge.interop.compvis import (
 from pixelforge.models.diffusion import DiffusionModel
 from pixelforge.modules.encoders.clip_bpe import VOCAB_SIZE, clip_tokenizer
 from pixelforge.modules.encoders.huggingface import FrozenTextTower, text_transformer
+from pixelforge.modules.lora import add_lora
 
 # version -> (config under configs/model/sd/, the keys that differ from it)
 VERSIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -244,11 +245,19 @@ def load(path: str | Path, version: str | None = None, use_ema: bool = True,
     return load_weights(build(version or detect_version(state), overrides), state, use_ema).eval()
 
 
-def pretrained(ckpt: str, use_ema: bool = True, unsafe: bool = False, **model: Any) -> DiffusionModel:
+def pretrained(ckpt: str, use_ema: bool = True, unsafe: bool = False, lora: Mapping[str, Any] | None = None,
+               **model: Any) -> DiffusionModel:
     """A ``DiffusionModel`` of Stable Diffusion's architecture (``model``: the arguments of
     ``configs/model/sd/*.yaml``, built by Hydra) with the weights of the single file ``ckpt``: what
-    ``experiment=sd_finetune`` trains from (its EMA, if it keeps one, starts from the same weights)."""
-    return load_weights(DiffusionModel(**model), read_state_dict(ckpt, unsafe), use_ema)
+    ``experiment=sd_finetune`` trains from (its EMA, if it keeps one, starts from the same weights). With ``lora``
+    (``{rank, alpha, dropout}``) only adapters on the U-Net's attention projections train (``sd_lora``)."""
+    built = load_weights(DiffusionModel(**model), read_state_dict(ckpt, unsafe), use_ema)
+    if lora is not None:
+        if built.ema is not None:
+            raise ValueError("LoRA fine-tuning averages nothing: set model.ema=null (the adapters are small and "
+                             "the base weights do not change)")
+        add_lora(built.unet, **lora)
+    return built
 
 
 def check_exportable(model: DiffusionModel) -> None:

@@ -237,6 +237,7 @@ class UNetModel(nn.Module):
         else:
             self.num_classes = tuple(int(n) for n in num_classes)
         self.context_dim = context_dim
+        self.num_res_blocks = num_res_blocks
         self.downsampling = 2 ** (len(channel_mult) - 1)
         attention_resolutions = {int(r) for r in attention_resolutions}
         emb_dim = 4 * model_channels
