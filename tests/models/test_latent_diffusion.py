@@ -240,3 +240,11 @@ def test_a_unet_size_that_contradicts_the_model_is_refused() -> None:
     with pytest.raises(ValueError, match=r"the U-Net's context_dim \(8\) must be 16"):
         DiffusionModel(built, NoiseSchedule("linear", 10), torch.optim.Adam, first_stage={"config": FIRST_STAGE},
                        conditioner=CONDITIONERS["text"](), image_size=16)
+
+
+def test_decoding_in_slices_gives_the_same_images() -> None:
+    model = tiny_ldm().eval()
+    z = torch.randn(3, 2, 8, 8)
+    whole = model.decode(z)
+    model.decode_slice = 1
+    torch.testing.assert_close(model.decode(z), whole)

@@ -117,10 +117,12 @@ def sampler_options(sampler: str = "dpmpp", steps: int = 20, scale: float = 5.0,
 @torch.no_grad()
 def text_to_image(model: DiffusionModel, prompts: Sequence[str], *, height: int | None = None,
                   width: int | None = None, generator: torch.Generator | None = None,
-                  noise: torch.Tensor | None = None, precision: str = "full", init: ImageInit | None = None,
+                  latents: torch.Tensor | None = None, precision: str = "full", init: ImageInit | None = None,
                   **options: Any) -> torch.Tensor:
     """One image per prompt, ``B,C,H,W`` in [-1, 1]; ``options`` as ``sampler_options`` (default DPM-Solver++,
-    20 steps, guidance 5). With ``init`` (one image, its strength, optionally a keep mask) it is image to image."""
+    20 steps, guidance 5). ``latents`` are the initial noise (``B,C,h,w``; default: drawn from ``generator``), so a
+    result can be compared with another implementation started from the same latents. With ``init`` (one image,
+    its strength, optionally a keep mask) it is image to image."""
     height, width = output_size(model, height, width)
     options = sampler_options(**options)
     if init is not None:  # one init image (and mask) for every prompt
@@ -129,7 +131,7 @@ def text_to_image(model: DiffusionModel, prompts: Sequence[str], *, height: int 
         init = ImageInit(images, init.strength, mask)
     with autocast(model.device, precision):
         try:
-            return model.sample(conditions={model.conditioner.text_key: list(prompts)}, noise=noise,
+            return model.sample(conditions={model.conditioner.text_key: list(prompts)}, noise=latents,
                                 generator=generator, size=(height, width), init=init, **options)
         except ValueError as error:  # settings the model refuses, e.g. more steps than its schedule has
             raise InferenceError(str(error)) from None
@@ -172,5 +174,5 @@ def sample_batches(model: DiffusionModel, batches: Iterable[Sequence[str]], writ
     for _ in tqdm(range(n_iter), desc="Sampling"):
         for prompts in tqdm(batches, desc="data", leave=False):
             noise = start[:len(prompts)] if start is not None else None
-            writer.add(sample(model, prompts, generator=generator, noise=noise, **kwargs), prompts)
+            writer.add(sample(model, prompts, generator=generator, latents=noise, **kwargs), prompts)
     writer.finish()

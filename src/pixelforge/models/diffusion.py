@@ -75,9 +75,9 @@ class DiffusionModel(L.LightningModule):
     ``scale_by_std`` sets ``scale_factor`` to 1/std of the first training batch's latents (CompVis) and the
     checkpoint keeps it. ``sampling`` holds the sampler options every ``sample`` starts from
     (``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``: Stable Diffusion's are CompVis's leading, 1,
-    false). The U-Net and trainable encoders train and are averaged (``ema``) together; validation and sampling use
-    the average. ``clip_denoised`` keeps the samplers' x0 estimates in [-1, 1] (pixel data); ``compile`` runs the
-    trained U-Net through ``torch.compile``.
+    false); ``decode_slice`` decodes that many latents at a time. The U-Net and trainable encoders train and are
+    averaged (``ema``) together; validation and sampling use the average. ``clip_denoised`` keeps the samplers' x0
+    estimates in [-1, 1] (pixel data); ``compile`` runs the trained U-Net through ``torch.compile``.
     """
 
     def __init__(
@@ -101,6 +101,7 @@ class DiffusionModel(L.LightningModule):
         ema: Mapping[str, Any] | None = None,
         log_sampler: Mapping[str, Any] | None = None,
         sampling: Mapping[str, Any] | None = None,
+        decode_slice: int | None = None,
         log_guidance_scale: float = 3.0,
         clip_denoised: bool = True,
         compile: bool = False,
@@ -126,6 +127,7 @@ class DiffusionModel(L.LightningModule):
         self.ema = EMA(self.trained(), **ema) if ema is not None else None
         self.log_sampler = dict(log_sampler or {"name": "dpmpp", "steps": 20})
         self.sampling = dict(sampling or {})
+        self.decode_slice = decode_slice
         self.log_guidance_scale = log_guidance_scale
         self.clip_denoised = clip_denoised
         self.compile_unet = compile
@@ -216,8 +218,11 @@ class DiffusionModel(L.LightningModule):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] from scaled latents."""
-        return self.first_stage.decode(z / self.scale_factor).clamp(-1, 1)
+        """Images in [-1, 1] from scaled latents, ``decode_slice`` latents at a time when set (the decoder's
+        activations at 512 px are what fills a small GPU)."""
+        z = z / self.scale_factor
+        slices = z.split(self.decode_slice) if self.decode_slice else [z]
+        return torch.cat([self.first_stage.decode(part) for part in slices]).clamp(-1, 1)
 
     def sample_shape(self, n: int, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
         """Latent noise shape for ``n`` images of ``height`` x ``width`` pixels (default: the training size)."""
