@@ -248,3 +248,11 @@ def test_decoding_in_slices_gives_the_same_images() -> None:
     whole = model.decode(z)
     model.decode_slice = 1
     torch.testing.assert_close(model.decode(z), whole)
+
+
+def test_log_prompts_replace_the_batch_captions_in_image_logs() -> None:
+    prompts = ["a red circle", "a blue square", "a red square"]
+    logged = tiny_ldm(log_prompts=prompts).log_images({"image": images(2), "caption": ["a red circle"] * 2})
+    assert logged["samples"].shape[0] == 3 and logged["conditioning"].shape[0] == 3
+    with pytest.raises(ValueError, match=r"log_prompts need a model conditioned on a prompt alone.*'label'"):
+        tiny_ldm(CONDITIONERS["labels"](), log_prompts=prompts)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,8 @@ class DiffusionModel(L.LightningModule):
     ``scale_by_std`` sets ``scale_factor`` to 1/std of the first training batch's latents (CompVis) and the
     checkpoint keeps it. ``sampling`` holds the sampler options every ``sample`` starts from
     (``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``: Stable Diffusion's are CompVis's leading, 1,
-    false); ``decode_slice`` decodes that many latents at a time. The U-Net and trainable encoders train and are
+    false); ``decode_slice`` decodes that many latents at a time; ``log_prompts`` are sampled at every image log
+    instead of the batch's captions (a fine-tune's validation prompts). The U-Net and trainable encoders train and are
     averaged (``ema``) together; validation and sampling use the average. ``clip_denoised`` keeps the samplers' x0
     estimates in [-1, 1] (pixel data); ``compile`` runs the trained U-Net through ``torch.compile``.
     """
@@ -102,6 +103,7 @@ class DiffusionModel(L.LightningModule):
         log_sampler: Mapping[str, Any] | None = None,
         sampling: Mapping[str, Any] | None = None,
         decode_slice: int | None = None,
+        log_prompts: Sequence[str] | None = None,
         log_guidance_scale: float = 3.0,
         clip_denoised: bool = True,
         compile: bool = False,
@@ -128,6 +130,10 @@ class DiffusionModel(L.LightningModule):
         self.log_sampler = dict(log_sampler or {"name": "dpmpp", "steps": 20})
         self.sampling = dict(sampling or {})
         self.decode_slice = decode_slice
+        self.log_prompts = list(log_prompts or [])
+        if self.log_prompts and self.conditioner.input_keys != [self.conditioner.text_key]:
+            raise ValueError(f"log_prompts need a model conditioned on a prompt alone; this one reads "
+                             f"{self.conditioner.input_keys}")
         self.log_guidance_scale = log_guidance_scale
         self.clip_denoised = clip_denoised
         self.compile_unet = compile
@@ -420,9 +426,11 @@ class DiffusionModel(L.LightningModule):
         noise = torch.randn_like(z[:1]).expand(len(ts), -1, -1, -1)
         images["diffusion_row"] = self.decode(self.schedule.q_sample(z[:1].expand(len(ts), -1, -1, -1), ts, noise))
         conditions = {key: batch[key][:n] for key in self.conditioner.input_keys}
+        if self.log_prompts:  # the same prompts at every log
+            n, conditions = len(self.log_prompts), {self.conditioner.text_key: self.log_prompts}
         texts = self.condition_texts(conditions, n)
         if texts:
-            images["conditioning"] = caption_images(torch.full_like(x, -1.0), texts)
+            images["conditioning"] = caption_images(x.new_full((n, *x.shape[1:]), -1.0), texts)
         options = {"sampler": self.log_sampler["name"], "steps": self.log_sampler.get("steps")}
         trajectory: list[torch.Tensor] = []
         keep_x0 = lambda i, z, z0: trajectory.append(z0[:1])  # noqa: E731
