@@ -185,3 +185,23 @@ def test_an_sd2_file_is_written_with_openclip_names_and_read_back(tmp_path: Path
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     assert sd.load(path, "v2-v", overrides=tiny).prediction_type == "v"  # 768-v: the same keys, named by hand
     assert (sd.sd_config("v2-v").prediction_type, sd.sd_config("v2-v").image_size) == ("v", 768)
+
+
+def test_img2img_and_inpainting_take_a_single_file(single_file, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+
+    from PIL import Image
+
+    _, path = single_file
+    monkeypatch.setitem(sd.VERSIONS, "v1", ("v1", TINY))
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "init.png")
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 16, 32))
+    mask.save(tmp_path / "mask.png")
+    img2img = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "img2img.py"))["main"]
+    for extra in ([], ["--mask", str(tmp_path / "mask.png")]):
+        assert img2img(["--ckpt", str(path), "--init-img", str(tmp_path / "init.png"), "--strength", "0.5",
+                        "--ddim_steps", "4", "--n_samples", "1", "--n_iter", "1", "--outdir", str(tmp_path / "out"),
+                        "--device", "cpu", *extra]) == 0
+    assert len(list((tmp_path / "out" / "samples").glob("*.png"))) == 2
