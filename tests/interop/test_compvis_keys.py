@@ -110,3 +110,31 @@ def test_full_size_stable_diffusion_maps_one_to_one_onto_compvis_keys(version: s
                                                        dict(theirs_vae.config))
     assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in theirs_vae.state_dict().items()}
     assert unet_from_compvis(ours).keys() == model.unet.state_dict().keys()
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_diffusers_names_are_what_diffusers_own_converter_gives_and_map_back(v2: bool) -> None:
+    from pixelforge.interop.diffusers_names import (
+        unet_from_diffusers,
+        unet_to_diffusers,
+        vae_from_diffusers,
+        vae_to_diffusers,
+    )
+
+    compvis = unet_to_compvis(randomise(sd_unet(v2)).state_dict())
+    theirs = single_file.convert_ldm_unet_checkpoint({UNET_PREFIX + k: v for k, v in compvis.items()},
+                                                     dict(diffusers_unet(v2).config))
+    ours = unet_to_diffusers(compvis, num_res_blocks=1)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], v) for k, v in theirs.items())
+    back = unet_from_diffusers(theirs, num_res_blocks=1, levels=2)
+    assert back.keys() == compvis.keys() and all(torch.equal(back[k], v) for k, v in compvis.items())
+    ddconfig = {"in_channels": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 4}
+    vae = vae_to_compvis(AutoencoderKL(ddconfig=ddconfig, embed_dim=4, optimizer=torch.optim.Adam).state_dict(), 2, 1)
+    config = dict(diffusers.AutoencoderKL(latent_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                                          down_block_types=("DownEncoderBlock2D",) * 2,
+                                          up_block_types=("UpDecoderBlock2D",) * 2).config)
+    theirs = single_file.convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in vae.items()}, config)
+    ours = vae_to_diffusers(vae, 2, 1)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], v) for k, v in theirs.items())
+    back = vae_from_diffusers(theirs, 2, 1)
+    assert back.keys() == vae.keys() and all(torch.equal(back[k], v) for k, v in vae.items())
