@@ -4,6 +4,7 @@ to a 10-step DDIM text-to-image run from the same latents."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,48 @@ def test_img2img_and_inpainting_take_a_single_file(single_file, tmp_path: Path,
                         "--ddim_steps", "4", "--n_samples", "1", "--n_iter", "1", "--outdir", str(tmp_path / "out"),
                         "--device", "cpu", *extra]) == 0
     assert len(list((tmp_path / "out" / "samples").glob("*.png"))) == 2
+
+
+def test_a_written_diffusers_folder_is_what_diffusers_reads_and_reads_back(single_file, tmp_path: Path) -> None:
+    model, _ = single_file
+    folder = sd.save_folder(model, tmp_path / "folder")
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    ours = model.sample(conditions={"caption": [PROMPT]}, noise=latents, sampler="ddim", steps=10, scale=7.5)
+    theirs = pipe(PROMPT, height=32, width=32, num_inference_steps=10, guidance_scale=7.5, latents=latents,
+                  output_type="pt").images
+    torch.testing.assert_close((ours + 1) / 2, theirs, rtol=0, atol=1e-3)
+    loaded = sd.load(folder)  # sizes, version and text tower read from the folder's configs
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    pipe.save_pretrained(tmp_path / "by_diffusers")  # and a folder diffusers itself wrote
+    again = sd.load(tmp_path / "by_diffusers")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    torch.testing.assert_close(loaded.sample(conditions={"caption": [PROMPT]}, noise=latents, sampler="ddim",
+                                             steps=10, scale=7.5), ours, rtol=0, atol=1e-5)
+
+
+def test_an_sd2_diffusers_folder_keeps_the_tower_cut_at_the_penultimate_layer(tmp_path: Path) -> None:
+    tiny = {**TINY, "unet": {**TINY["unet"], "num_head_channels": 16}}
+    model = randomise(sd.build("v2", tiny))
+    folder = sd.save_folder(model, tmp_path / "v2")
+    assert json.loads((folder / "text_encoder" / "config.json").read_text())["num_hidden_layers"] == 1
+    loaded = sd.load(folder)
+    with torch.no_grad():
+        ours, theirs = (m.conditioner.embedders["caption"].encoder([PROMPT])[0] for m in (model, loaded))
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+
+
+def test_convert_writes_a_diffusers_folder_that_txt2img_reads(single_file, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+
+    model, path = single_file
+    monkeypatch.setitem(sd.VERSIONS, "v1", ("v1", TINY))
+    scripts = Path(__file__).parents[2] / "scripts"
+    assert runpy.run_path(str(scripts / "convert.py"))["main"](["--ckpt", str(path), "--diffusers_to",
+                                                                 str(tmp_path / "folder")]) == 0
+    assert (tmp_path / "folder" / "model_index.json").is_file()
+    assert runpy.run_path(str(scripts / "txt2img.py"))["main"](
+        ["--ckpt", str(tmp_path / "folder"), "--n_samples", "1", "--n_iter", "1", "--ddim_steps", "2", "--outdir",
+         str(tmp_path / "out"), "--device", "cpu"]) == 0

@@ -98,6 +98,7 @@ class NoiseSchedule(nn.Module):
         super().__init__()
         self.kind = kind
         self.num_timesteps = num_timesteps
+        self.beta_start, self.beta_end = beta_start, beta_end
         self.zero_terminal_snr = zero_terminal_snr
         betas = make_betas(kind, num_timesteps, beta_start, beta_end, cosine_s)
         if zero_terminal_snr:

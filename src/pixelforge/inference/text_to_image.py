@@ -20,6 +20,7 @@ from tqdm import tqdm
 from pixelforge.inference.devices import autocast, best_device
 from pixelforge.inference.writer import SampleWriter
 from pixelforge.interop import stable_diffusion
+from pixelforge.interop.diffusers_folder import is_diffusers_folder
 from pixelforge.models.diffusion import DiffusionModel, ImageInit
 from pixelforge.runs import load_run
 
@@ -44,12 +45,12 @@ def is_single_file(ckpt: str | Path, config: str | Path | None = None) -> bool:
 def load_text_model(ckpt: str | Path, config: str | Path | None = None, device: str | torch.device | None = None,
                     channels: int | None = None, factor: int | None = None, sd_version: str | None = None,
                     use_ema: bool = True, unsafe: bool = False) -> DiffusionModel:
-    """The text-conditioned run at ``ckpt`` (or a Stable Diffusion single file, of ``sd_version`` or the one its
-    keys say; ``use_ema`` picks its EMA weights, ``unsafe`` allows a full pickle) on ``device`` (default: the best
-    here), checked to have the latent ``channels`` and first-stage ``factor`` given (CompVis's ``--C`` and ``--f``;
-    None: the model's)."""
+    """The text-conditioned run at ``ckpt`` on ``device`` (default: the best here), or a Stable Diffusion single
+    file or diffusers folder (of ``sd_version`` or the one it says; ``use_ema`` picks its EMA weights, ``unsafe``
+    allows a full pickle), checked to have the latent ``channels`` and first-stage ``factor`` given (CompVis's
+    ``--C`` and ``--f``; None: the model's)."""
     try:
-        if is_single_file(ckpt, config):
+        if is_single_file(ckpt, config) or is_diffusers_folder(ckpt):
             model = stable_diffusion.load(ckpt, sd_version, use_ema=use_ema, unsafe=unsafe)
         else:
             _, model = load_run(ckpt, config)

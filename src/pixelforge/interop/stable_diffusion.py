@@ -29,6 +29,7 @@ from pixelforge.interop.compvis import (
     vae_from_compvis,
     vae_to_compvis,
 )
+from pixelforge.interop.diffusers_folder import is_diffusers_folder, read_folder, write_folder
 from pixelforge.models.diffusion import DiffusionModel
 from pixelforge.modules.encoders.clip_bpe import VOCAB_SIZE, clip_tokenizer
 from pixelforge.modules.encoders.huggingface import FrozenTextTower, text_transformer
@@ -235,14 +236,20 @@ def load_weights(model: DiffusionModel, state: Mapping[str, torch.Tensor], use_e
 
 def load(path: str | Path, version: str | None = None, use_ema: bool = True,
          overrides: Mapping[str, Any] | None = None, unsafe: bool = False) -> DiffusionModel:
-    """The Stable Diffusion single file at ``path`` as a pixelforge ``DiffusionModel`` (eval mode).
+    """The Stable Diffusion single file (or diffusers pipeline folder) at ``path`` as a pixelforge
+    ``DiffusionModel`` (eval mode).
 
-    ``version`` (v1, v2, v2-v) is read from the file's keys when not given, except that a 768-v file needs
-    ``v2-v``; ``use_ema`` takes the U-Net's EMA weights when the file has them (CompVis's ``--no-ema`` is
-    ``use_ema=False``).
+    ``version`` (v1, v2, v2-v) is read from the file's keys (a folder's configs) when not given, except that a
+    768-v single file needs ``v2-v``; ``use_ema`` takes the U-Net's EMA weights when the file has them (CompVis's
+    ``--no-ema`` is ``use_ema=False``).
     """
-    state = read_state_dict(path, unsafe)
-    return load_weights(build(version or detect_version(state), overrides), state, use_ema).eval()
+    if is_diffusers_folder(path):
+        state, folder_overrides, found = read_folder(path)
+        overrides = OmegaConf.merge(folder_overrides, overrides or {})
+    else:
+        state = read_state_dict(path, unsafe)
+        found = detect_version(state)
+    return load_weights(build(version or found, overrides), state, use_ema).eval()
 
 
 def pretrained(ckpt: str, use_ema: bool = True, unsafe: bool = False, lora: Mapping[str, Any] | None = None,
@@ -307,3 +314,9 @@ def save(model: DiffusionModel, path: str | Path, use_ema: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(compvis_state_dict(model, use_ema), str(path))
     return path
+
+
+def save_folder(model: DiffusionModel, path: str | Path) -> Path:
+    """Write the model as a diffusers pipeline folder (``StableDiffusionPipeline.from_pretrained`` reads it)."""
+    check_exportable(model)
+    return write_folder(model, path)

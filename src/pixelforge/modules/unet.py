@@ -223,6 +223,12 @@ class UNetModel(nn.Module):
     ) -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
+        # the architecture, for exporters that describe it to other tools (diffusers' config.json)
+        self.config = {"in_channels": in_channels, "out_channels": out_channels, "model_channels": model_channels,
+                       "channel_mult": list(channel_mult), "num_res_blocks": num_res_blocks,
+                       "attention_resolutions": sorted(int(r) for r in attention_resolutions), "num_heads": num_heads,
+                       "num_head_channels": num_head_channels, "context_dim": context_dim,
+                       "use_linear_in_transformer": use_linear_in_transformer, "transformer_depth": transformer_depth}
         widths = sorted({model_channels, *(model_channels * m for m in channel_mult)})
         bad = [c for c in widths if c % num_groups]
         if bad:
