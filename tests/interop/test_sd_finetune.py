@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sd_tiny
 import torch
 from fake_data import write_captioned_images
@@ -48,3 +49,27 @@ def test_fine_tuning_starts_from_the_file_lowers_the_loss_and_resumes(tmp_path: 
     run(resumed)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, mmap=True)["global_step"] == 3
 
+
+
+def test_the_ema_of_a_fine_tune_shares_the_frozen_text_tower_and_leaves_out_the_vae(tmp_path: Path) -> None:
+    ckpt = sd_tiny.write_tiny_sd(tmp_path / "model.safetensors")
+    cfg = compose_config(*parse(["experiment=sd_finetune", f"model.ckpt={ckpt}", *sd_tiny.overrides(), *QUIET]))
+    model = instantiate(model_config(cfg.model), _convert_="all")
+    shadow = model.ema.module
+    towers = (m.embedders["caption"].encoder for m in (shadow["conditioner"], model.conditioner))
+    assert next(towers).model is next(towers).model
+    assert set(shadow) == {"unet", "conditioner"}  # no copy of the first stage
+    assert all(torch.equal(a, b) for a, b in zip(shadow["unet"].parameters(), model.unet.parameters(), strict=True))
+
+
+def test_an_unknown_optimizer_package_fails_with_its_name() -> None:
+    """optimizer=adamw8bit composes everywhere; without bitsandbytes (GPU only) the config check names it."""
+    import importlib.util
+
+    from pixelforge.validation import ConfigError, check_config
+
+    cfg = compose_config(*parse(["experiment=sd_finetune", "optimizer=adamw8bit"]))
+    assert cfg.model.optimizer._target_ == "bitsandbytes.optim.AdamW8bit"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ConfigError, match="bitsandbytes.optim.AdamW8bit' cannot be imported"):
+            check_config(cfg)
