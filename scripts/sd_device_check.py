@@ -23,12 +23,6 @@ from pixelforge.interop import stable_diffusion
 from pixelforge.modules.lora import add_lora
 
 PROMPT = "a photograph of an astronaut riding a horse"
-TINY = {"image_size": 64,
-        "unet": {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [1],
-                 "num_heads": 2},
-        "first_stage": {"image_size": 64, "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1}},
-        "conditioner": {"caption": {"encoder": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                                "intermediate_size": 64}}}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    overrides = TINY if args.tiny else None
+    overrides = stable_diffusion.toy(64) if args.tiny else None
     model = stable_diffusion.build(args.version, overrides)
     torch.manual_seed(0)
     with torch.no_grad():

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import torch
 
-TINY = {"image_size": 32,
-        "unet": {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [1],
-                 "num_heads": 2},
-        "first_stage": {"image_size": 32, "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1}},
-        "conditioner": {"caption": {"encoder": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                                "intermediate_size": 64}}}}
+from pixelforge.interop import stable_diffusion
+
+TINY = stable_diffusion.toy(32)
 
 
 def overrides(node: dict = TINY, prefix: str = "model.") -> list[str]:
@@ -28,8 +25,6 @@ def overrides(node: dict = TINY, prefix: str = "model.") -> list[str]:
 
 def write_tiny_sd(path: Path) -> Path:
     """A tiny SD 1.x with random U-Net and autoencoder weights, saved as a CompVis-layout safetensors file."""
-    from pixelforge.interop import stable_diffusion
-
     model = stable_diffusion.build("v1", TINY)
     torch.manual_seed(0)
     with torch.no_grad():

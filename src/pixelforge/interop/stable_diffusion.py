@@ -54,6 +54,17 @@ DROPPED = ("model_ema.decay", "model_ema.num_updates", CLIP_PREFIX + "text_model
            OPENCLIP_PREFIX + "text_projection", OPENCLIP_PREFIX + "logit_scale")
 
 
+def toy(image_size: int = 32) -> dict[str, Any]:
+    """Overrides that shrink a version to a toy of its architecture (f = 2, 32-wide U-Net and text tower): the
+    same blocks, names and code paths, for checks that run in seconds on a CPU."""
+    return {"image_size": image_size,
+            "unet": {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [1],
+                     "num_heads": 2},
+            "first_stage": {"image_size": image_size, "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1}},
+            "conditioner": {"caption": {"encoder": {"hidden_size": 32, "num_hidden_layers": 2,
+                                                    "num_attention_heads": 2, "intermediate_size": 64}}}}
+
+
 def clip_text_tower(hidden_size: int, num_hidden_layers: int, num_attention_heads: int, intermediate_size: int,
                     hidden_act: str, layer: str, pad_token: str, max_length: int = 77) -> FrozenTextTower:
     """A CLIP text tower of this shape with random weights (the checkpoint fills them) and CLIP's tokenizer,
