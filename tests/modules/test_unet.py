@@ -201,3 +201,23 @@ def test_ddpm_cifar10_parameter_count() -> None:
             dropout=0.1, use_scale_shift_norm=False, num_heads=1,
         )  # fmt: skip
     print(f"DDPM CIFAR-10 U-Net: {sum(p.numel() for p in model.parameters()):,} parameters (paper: 35.7M)")
+
+
+def test_upcast_attention_attends_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SD 2.x's fp32 attention: reduced-precision queries are attended in float32 and come back in their dtype."""
+    from pixelforge.modules import attention
+
+    seen: list[torch.dtype] = []
+    sdpa = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kwargs: seen.append(q.dtype) or sdpa(q, k, v, **kwargs))
+    x = torch.randn(1, 300, 16).to(torch.bfloat16)  # more keys than the explicit CPU path takes: SDPA
+    out = attention.attend(x, x, x, heads=2, upcast=True)
+    assert out.dtype == torch.bfloat16 and seen == [torch.float32]
+    attention.attend(x, x, x, heads=2)
+    assert seen[-1] == torch.bfloat16
+    plain = UNetModel(4, 4, 32, (1, 2), 1, (1,), num_groups=8, context_dim=8)
+    upcast = UNetModel(4, 4, 32, (1, 2), 1, (1,), num_groups=8, context_dim=8, upcast_attention=True)
+    upcast.load_state_dict(plain.state_dict())
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([5]), torch.randn(1, 3, 8)
+    assert torch.equal(plain(x, t, context=c), upcast(x, t, context=c))  # a no-op in float32

@@ -72,6 +72,7 @@ def read_folder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         "unet": {"model_channels": widths[0], "channel_mult": [w // widths[0] for w in widths],
                  "num_res_blocks": blocks, "attention_resolutions": attention,
                  "use_linear_in_transformer": bool(unet.get("use_linear_projection", False)),
+                 "upcast_attention": bool(unet.get("upcast_attention", False)),
                  **({"num_heads": per_level[0], "num_head_channels": -1} if not isinstance(heads, list)
                     else {"num_heads": -1, "num_head_channels": head_channels.pop()})},
         "first_stage": {"embed_dim": vae["latent_channels"], "ddconfig": {
@@ -108,6 +109,7 @@ def unet_config(model: Any) -> dict[str, Any]:
             "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attended)],
             "cross_attention_dim": cfg["context_dim"], "attention_head_dim": heads,
             "use_linear_projection": cfg["use_linear_in_transformer"], "transformer_layers_per_block": 1,
+            "upcast_attention": cfg["upcast_attention"],
             "flip_sin_to_cos": True, "freq_shift": 0, "norm_num_groups": 32, "norm_eps": 1e-5, "act_fn": "silu"}
 
 

@@ -52,11 +52,15 @@ def attend(
     heads: int,
     mask: torch.Tensor | None = None,
     dropout: float = 0.0,
+    upcast: bool = False,
 ) -> torch.Tensor:
     """Multi-head attention of queries (B,N,D) over keys/values (B,M,D); ``mask`` (B,M bool, True = keep) hides keys.
 
-    SDPA, except where ``use_explicit_attention`` says two plain matmuls are faster.
+    SDPA, except where ``use_explicit_attention`` says two plain matmuls are faster. ``upcast`` computes it in
+    float32 and returns the input dtype (Stability's fp32 attention for SD 2.x, whose fp16 scores can overflow).
     """
+    if upcast and q.dtype != torch.float32:
+        return attend(q.float(), k.float(), v.float(), heads, mask, dropout).to(q.dtype)
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
     attn_mask = None if mask is None else rearrange(mask, "b m -> b 1 1 m")
     if use_explicit_attention(q, k):
@@ -70,28 +74,32 @@ class MultiHeadSelfAttention(nn.Module):
     """Self-attention with a fused qkv projection, shared by ViTs, text encoders and diffusion U-Nets;
     ``qkv_bias=False`` as in Stable Diffusion's transformers (the output projection keeps its bias)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, qkv_bias: bool = True,
+                 upcast: bool = False) -> None:
         super().__init__()
         _check_heads(dim, heads)
         self.heads = heads
         self.dropout = dropout
+        self.upcast = upcast
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over tokens ``x`` (B,N,D); ``mask`` (B,N bool, True = keep) hides padded keys."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return self.proj(attend(q, k, v, self.heads, mask, self.dropout if self.training else 0.0))
+        return self.proj(attend(q, k, v, self.heads, mask, self.dropout if self.training else 0.0, self.upcast))
 
 
 class MultiHeadCrossAttention(nn.Module):
     """Queries from tokens ``x`` attend to a conditioning sequence (e.g. text embeddings) of another width."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, dropout: float = 0.0, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, context_dim: int, heads: int, dropout: float = 0.0, qkv_bias: bool = True,
+                 upcast: bool = False) -> None:
         super().__init__()
         _check_heads(dim, heads)
         self.heads = heads
         self.dropout = dropout
+        self.upcast = upcast
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(context_dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -99,7 +107,8 @@ class MultiHeadCrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend from ``x`` (B,N,D) to ``context`` (B,M,context_dim); ``mask`` (B,M bool, True = keep)."""
         k, v = self.kv(context).chunk(2, dim=-1)
-        return self.proj(attend(self.q(x), k, v, self.heads, mask, self.dropout if self.training else 0.0))
+        return self.proj(attend(self.q(x), k, v, self.heads, mask, self.dropout if self.training else 0.0,
+                                self.upcast))
 
 
 class TransformerBlock(nn.Module):
@@ -145,13 +154,13 @@ class CrossTransformerBlock(nn.Module):
     """Pre-norm block of self-attention, cross-attention to a context and a GEGLU feed-forward, each residual."""
 
     def __init__(self, dim: int, heads: int, context_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 qkv_bias: bool = True) -> None:
+                 qkv_bias: bool = True, upcast: bool = False) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim)
-        self.self_attn = MultiHeadSelfAttention(dim, heads, qkv_bias=qkv_bias)
+        self.self_attn = MultiHeadSelfAttention(dim, heads, qkv_bias=qkv_bias, upcast=upcast)
         self.norm2 = nn.LayerNorm(dim)
-        self.cross_attn = MultiHeadCrossAttention(dim, context_dim, heads, qkv_bias=qkv_bias)
+        self.cross_attn = MultiHeadCrossAttention(dim, context_dim, heads, qkv_bias=qkv_bias, upcast=upcast)
         self.drop = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(GEGLU(dim, hidden), nn.Dropout(dropout), nn.Linear(hidden, dim))

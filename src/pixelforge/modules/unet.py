@@ -122,7 +122,7 @@ class SpatialTransformer(nn.Module):
     The 1x1 convs keep their conv weights (checkpoints load unchanged) but run as linears on the (B,HW,C) tokens:
     one matmul each instead of a convolution plus a layout change on either side. ``linear_proj`` makes them
     ``nn.Linear`` layers, as Stable Diffusion 2.x stores them (``use_linear_in_transformer``); SD also uses
-    ``norm_eps`` 1e-6 and no q/k/v biases (``qkv_bias=False``).
+    ``norm_eps`` 1e-6 and no q/k/v biases (``qkv_bias=False``); ``upcast`` attends in float32 (SD 2.x).
     """
 
     def __init__(
@@ -136,12 +136,13 @@ class SpatialTransformer(nn.Module):
         norm_eps: float = 1e-5,
         linear_proj: bool = False,
         qkv_bias: bool = True,
+        upcast: bool = False,
     ) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(num_groups, channels, eps=norm_eps)
         self.proj_in = nn.Linear(channels, channels) if linear_proj else nn.Conv2d(channels, channels, 1)
         self.blocks = nn.ModuleList(
-            CrossTransformerBlock(channels, heads, context_dim, dropout=dropout, qkv_bias=qkv_bias)
+            CrossTransformerBlock(channels, heads, context_dim, dropout=dropout, qkv_bias=qkv_bias, upcast=upcast)
             for _ in range(depth)
         )
         self.proj_out = zero_init(nn.Linear(channels, channels) if linear_proj else nn.Conv2d(channels, channels, 1))
@@ -194,7 +195,8 @@ class UNetModel(nn.Module):
     Attention runs at levels whose downsampling factor is in ``attention_resolutions`` and in the middle block:
     plain self-attention, or a SpatialTransformer with cross-attention when ``context_dim`` is set. Stable
     Diffusion's U-Nets set ``transformer_norm_eps=1e-6`` and ``attention_qkv_bias=False`` (and 2.x
-    ``use_linear_in_transformer``), ``use_scale_shift_norm=False`` and ``num_head_channels`` 64 (2.x).
+    ``use_linear_in_transformer``, ``upcast_attention``), ``use_scale_shift_norm=False`` and ``num_head_channels``
+    64 (2.x).
     """
 
     def __init__(
@@ -220,6 +222,7 @@ class UNetModel(nn.Module):
         transformer_norm_eps: float = 1e-5,
         use_linear_in_transformer: bool = False,
         attention_qkv_bias: bool = True,
+        upcast_attention: bool = False,
     ) -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
@@ -228,7 +231,8 @@ class UNetModel(nn.Module):
                        "channel_mult": list(channel_mult), "num_res_blocks": num_res_blocks,
                        "attention_resolutions": sorted(int(r) for r in attention_resolutions), "num_heads": num_heads,
                        "num_head_channels": num_head_channels, "context_dim": context_dim,
-                       "use_linear_in_transformer": use_linear_in_transformer, "transformer_depth": transformer_depth}
+                       "use_linear_in_transformer": use_linear_in_transformer, "transformer_depth": transformer_depth,
+                       "upcast_attention": upcast_attention}
         widths = sorted({model_channels, *(model_channels * m for m in channel_mult)})
         bad = [c for c in widths if c % num_groups]
         if bad:
@@ -262,7 +266,8 @@ class UNetModel(nn.Module):
             if context_dim is None:
                 return AttentionBlock(ch, heads, num_groups)
             return SpatialTransformer(ch, heads, context_dim, transformer_depth, dropout, num_groups,
-                                      transformer_norm_eps, use_linear_in_transformer, attention_qkv_bias)
+                                      transformer_norm_eps, use_linear_in_transformer, attention_qkv_bias,
+                                      upcast_attention)
 
         def stage(*layers: nn.Module) -> UNetStage:
             return UNetStage(layers, use_checkpoint)
