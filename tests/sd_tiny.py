@@ -23,11 +23,15 @@ def overrides(node: dict = TINY, prefix: str = "model.") -> list[str]:
     return out
 
 
-def write_tiny_sd(path: Path) -> Path:
-    """A tiny SD 1.x with random U-Net and autoencoder weights, saved as a CompVis-layout safetensors file."""
-    model = stable_diffusion.build("v1", TINY)
+def randomise(model: stable_diffusion.DiffusionModel) -> stable_diffusion.DiffusionModel:
+    """Random weights in the U-Net and the autoencoder, whose output layers start at zero (hiding every mistake)."""
     torch.manual_seed(0)
     with torch.no_grad():
         for p in [*model.unet.parameters(), *model.first_stage.parameters()]:
             p.normal_(0, 0.05)
-    return stable_diffusion.save(model, path)
+    return model.eval()
+
+
+def write_tiny_sd(path: Path) -> Path:
+    """A tiny SD 1.x with random U-Net and autoencoder weights, saved as a CompVis-layout safetensors file."""
+    return stable_diffusion.save(randomise(stable_diffusion.build("v1", TINY)), path)

@@ -9,21 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from sd_tiny import TINY
+from sd_tiny import TINY, randomise
 
 from pixelforge.interop import stable_diffusion as sd
 
 diffusers = pytest.importorskip("diffusers")
 PROMPT = "a photograph of an astronaut riding a horse"
-
-
-def randomise(model: sd.DiffusionModel) -> sd.DiffusionModel:
-    """Random weights in the U-Net and the autoencoder, whose output layers start at zero."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in [*model.unet.parameters(), *model.first_stage.parameters()]:
-            p.normal_(0, 0.05)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -13,30 +13,26 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from pixelforge.interop.diffusers_names import unet_block
 from pixelforge.modules.lora import lora_layers
 
 # pixelforge projection -> the diffusers attention layers it holds, in row order
 PROJECTIONS = {"self_attn.qkv": ("attn1.to_q", "attn1.to_k", "attn1.to_v"), "self_attn.proj": ("attn1.to_out.0",),
                "cross_attn.q": ("attn2.to_q",), "cross_attn.kv": ("attn2.to_k", "attn2.to_v"),
                "cross_attn.proj": ("attn2.to_out.0",)}
-LAYER = re.compile(r"^(input_blocks\.(\d+)|middle_block|output_blocks\.(\d+))\.1\.blocks\.(\d+)\.(\w+\.\w+)$")
+LAYER = re.compile(r"^(.+\.1\.)blocks\.(\d+)\.(\w+\.\w+)$")  # <block>.1.blocks.<n>.<projection>
 
 
 def diffusers_block(name: str, num_res_blocks: int) -> tuple[str, str]:
     """(diffusers transformer block, pixelforge projection) of an adapted pixelforge layer name."""
     match = LAYER.match(name)
-    if match is None or match.group(5) not in PROJECTIONS:
+    if match is None or match.group(3) not in PROJECTIONS:
         raise ValueError(f"{name!r} is not an attention projection of a U-Net transformer block")
-    _, down, up, block, projection = match.groups()
-    if down is not None:
-        level, k = divmod(int(down) - 1, num_res_blocks + 1)
-        prefix = f"down_blocks.{level}.attentions.{k}"
-    elif up is not None:
-        level, k = divmod(int(up), num_res_blocks + 1)
-        prefix = f"up_blocks.{level}.attentions.{k}"
-    else:
-        prefix = "mid_block.attentions.0"
-    return f"{prefix}.transformer_blocks.{block}", projection
+    block, index, projection = match.groups()
+    _, theirs, kind = unet_block(block, num_res_blocks)  # pixelforge and CompVis share the block prefixes
+    if kind != "attention":
+        raise ValueError(f"{name!r} is not in a U-Net transformer block")
+    return f"{theirs}transformer_blocks.{index}", projection
 
 
 def kohya_state_dict(unet: nn.Module, num_res_blocks: int) -> dict[str, torch.Tensor]:

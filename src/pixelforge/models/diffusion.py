@@ -31,12 +31,13 @@ UNET_SIZES = {"in_channels": "the latent channels, + 2 coordinate maps with coor
 
 def check_unet(unet: nn.Module, derived: Mapping[str, Any]) -> None:
     """A built U-Net (an older run's config) must take the conditioning the model gives it."""
+    classes = derived["num_classes"]  # the U-Net keeps its class counts as a tuple
+    wanted = {"context_dim": derived["context_dim"],
+              "num_classes": (classes,) if isinstance(classes, int) else None if classes is None else tuple(classes)}
     for key in ("context_dim", "num_classes"):
         actual = getattr(unet, key, None)
-        wanted = derived[key] if key != "num_classes" or derived[key] is None else tuple(
-            [derived[key]] if isinstance(derived[key], int) else derived[key])
-        if actual != wanted:
-            raise ValueError(f"the U-Net's {key} ({actual}) must be {wanted}: {UNET_SIZES[key]}")
+        if actual != wanted[key]:
+            raise ValueError(f"the U-Net's {key} ({actual}) must be {wanted[key]}: {UNET_SIZES[key]}")
 
 
 def build_unet(unet: nn.Module | Callable[..., nn.Module], derived: Mapping[str, Any]) -> nn.Module:
