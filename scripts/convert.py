@@ -50,10 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def write_adapters(model, path: Path) -> Path:
-    """The LoRA adapters of ``model``'s U-Net as a kohya-format safetensors file."""
+    """The LoRA adapters of ``model`` (U-Net and text tower) as a kohya-format safetensors file."""
     from safetensors.torch import save_file
 
-    state = kohya_state_dict(model.unet, model.unet.num_res_blocks)
+    state = kohya_state_dict(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path

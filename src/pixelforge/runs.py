@@ -73,6 +73,7 @@ def load_run(path: str | Path, config: str | Path | None = None,
     cfg = upgrade(OmegaConf.load(config))
     model = instantiate(model_config(cfg.model), _convert_="all")
     checkpoint = load_checkpoint(ckpt_path, map_location)
+    model.on_load_checkpoint(checkpoint)  # as Lightning does before loading the weights
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
     if missing or unexpected:
         raise ValueError(f"{ckpt_path} does not fit the model of {config}: missing {missing[:5]}, "

@@ -108,6 +108,24 @@ def test_txt2img_takes_a_single_file_with_compvis_defaults(single_file, tmp_path
     assert (tmp_path / "samples" / "00000.png").is_file()
 
 
+def test_half_precision_weights_sample_what_full_precision_samples(single_file) -> None:
+    """--precision half: the networks' weights in bf16 (on the CPU) under autocast land near the fp32 image; the
+    schedule stays fp32; fp16/bf16 weights without autocast are refused by name."""
+    from pixelforge.inference import text_to_image
+    from pixelforge.inference.text_to_image import InferenceError
+
+    _, path = single_file
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    full = text_to_image(sd.load(path, overrides=TINY), [PROMPT], latents=latents, sampler="ddim", steps=5)
+    half = sd.load(path, overrides=TINY).weights_to(torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.schedule.alphas_cumprod.dtype == half.scale_factor.dtype == torch.float32
+    image = text_to_image(half, [PROMPT], latents=latents, sampler="ddim", steps=5, precision="half")
+    assert image.dtype == torch.float32 and (image - full).abs().max() < 0.05
+    with pytest.raises(InferenceError, match="torch.bfloat16: sample them with precision 'autocast' or 'half'"):
+        text_to_image(half, [PROMPT], latents=latents, sampler="ddim", steps=5)
+
+
 def test_convert_script_rewrites_a_ckpt_as_safetensors_and_refuses_other_architectures(
         single_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import runpy

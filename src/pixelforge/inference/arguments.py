@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from pixelforge.diffusion.samplers import SAMPLERS
+from pixelforge.inference.devices import PRECISIONS, half_dtype
 from pixelforge.inference.text_to_image import (
     InferenceError,
     default_options,
@@ -54,8 +55,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="a run directory or a checkpoint inside one")
     parser.add_argument("--config", help="config to build the model from (default: the run's configs/config.yaml)")
     parser.add_argument("--seed", type=int, default=42, help="seeds the generator that draws all noise")
-    parser.add_argument("--precision", choices=["full", "autocast"], default="full",
-                        help="autocast: bf16 on the CPU, fp16 on GPUs")
+    parser.add_argument("--precision", choices=PRECISIONS, default="full",
+                        help="autocast: bf16 on the CPU, fp16 on GPUs; half: autocast with the weights in that "
+                             "precision too (half their memory)")
     parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
                         help="sample with the EMA weights (--no-use_ema: the live weights)")
     parser.add_argument("--no-ema", dest="use_ema", action="store_false", help="the same as --no-use_ema")
@@ -117,7 +119,8 @@ def prompt_batches(args: argparse.Namespace) -> list[list[str]]:
 
 
 def apply_lora(model: Any, path: str, scale: float) -> None:
-    """Merge the LoRA file at ``path`` into the U-Net that samples (the EMA copy when the run keeps one)."""
+    """Merge the LoRA file at ``path`` into the U-Net that samples (the EMA copy when the run keeps one) and the
+    text tower."""
     from safetensors.torch import load_file
 
     from pixelforge.interop.lora import merge_kohya
@@ -126,9 +129,8 @@ def apply_lora(model: Any, path: str, scale: float) -> None:
         state = load_file(path)
     except (OSError, RuntimeError) as error:
         raise InferenceError(f"--lora {path}: {error}") from None
-    unet = model.networks(use_ema=True)[0]
     try:
-        merge_kohya(unet, state, unet.num_res_blocks, scale)
+        merge_kohya(model, state, scale)
     except KeyError as error:
         raise InferenceError(f"--lora {path}: {str(error).strip(chr(39))}") from None
 
@@ -139,6 +141,8 @@ def load_model(args: argparse.Namespace) -> Any:
                             args.unsafe)
     if args.lora:
         apply_lora(model, args.lora, args.lora_scale)
+    if args.precision == "half":
+        model.weights_to(half_dtype(model.device))
     defaults = default_options(model)
     args.ddim_steps = defaults["steps"] if args.ddim_steps is None else args.ddim_steps
     args.scale = defaults["scale"] if args.scale is None else args.scale

@@ -1,4 +1,5 @@
-"""Where and in which precision to sample: the fastest device here, and autocast for ``--precision autocast``."""
+"""Where and in which precision to sample: the fastest device here, and autocast for ``--precision autocast``
+or ``half``."""
 
 from __future__ import annotations
 
@@ -16,8 +17,19 @@ def best_device() -> torch.device:
     return torch.device("cpu")
 
 
+PRECISIONS = ("full", "autocast", "half")
+
+
+def half_dtype(device: torch.device) -> torch.dtype:
+    """The reduced precision of ``device``: bf16 on the CPU (fp16 matmuls are slow there), fp16 elsewhere."""
+    return torch.bfloat16 if device.type == "cpu" else torch.float16
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` on ``device`` for ``precision="autocast"`` (bf16 on the CPU, fp16 elsewhere), else none."""
-    if precision != "autocast":
+    """``torch.autocast`` in ``half_dtype(device)`` for ``precision`` "autocast" or "half" (half-precision
+    weights need it), else none."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if precision == "full":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
+    return torch.autocast(device.type, dtype=half_dtype(device))

@@ -126,6 +126,9 @@ def text_to_image(model: DiffusionModel, prompts: Sequence[str], *, height: int 
     its strength, optionally a keep mask) it is image to image."""
     height, width = output_size(model, height, width)
     options = sampler_options(**options)
+    dtype = next(model.unet.parameters()).dtype
+    if precision == "full" and dtype != torch.float32:
+        raise InferenceError(f"the model's weights are {dtype}: sample them with precision 'autocast' or 'half'")
     if init is not None:  # one init image (and mask) for every prompt
         images, mask = (None if x is None else x.to(model.device).expand(len(prompts), -1, -1, -1)
                         for x in (init.images, init.keep_mask))
@@ -133,7 +136,7 @@ def text_to_image(model: DiffusionModel, prompts: Sequence[str], *, height: int 
     with autocast(model.device, precision):
         try:
             return model.sample(conditions={model.conditioner.text_key: list(prompts)}, noise=latents,
-                                generator=generator, size=(height, width), init=init, **options)
+                                generator=generator, size=(height, width), init=init, **options).float()
         except ValueError as error:  # settings the model refuses, e.g. more steps than its schedule has
             raise InferenceError(str(error)) from None
 

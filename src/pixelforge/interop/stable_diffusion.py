@@ -268,15 +268,19 @@ def pretrained(ckpt: str, use_ema: bool = True, unsafe: bool = False, lora: Mapp
     """A ``DiffusionModel`` of Stable Diffusion's architecture (``model``: the arguments of
     ``configs/model/sd/*.yaml``, built by Hydra) with the weights of the single file (or diffusers folder)
     ``ckpt``: what ``experiment=sd_finetune`` trains from (its EMA, if it keeps one, starts from the same
-    weights). With ``lora`` (``{rank, alpha, dropout}``) only adapters on the U-Net's attention projections train
-    (``sd_lora``)."""
+    weights). With ``lora`` (``{rank, alpha, dropout, text_encoder}``) only adapters on the U-Net's attention
+    projections (and with ``text_encoder: true`` the text tower's) train (``sd_lora``)."""
     state = read_folder(ckpt)[0] if is_diffusers_folder(ckpt) else read_state_dict(ckpt, unsafe)
     built = load_weights(DiffusionModel(**model), state, use_ema)
     if lora is not None:
         if built.ema is not None:
             raise ValueError("LoRA fine-tuning averages nothing: set model.ema=null (the adapters are small and "
                              "the base weights do not change)")
+        lora = dict(lora)
+        text_encoder = lora.pop("text_encoder", False)
         add_lora(built.unet, **lora)
+        if text_encoder:
+            built.conditioner.embedders["caption"].encoder.add_lora(**lora)
     return built
 
 

@@ -183,6 +183,32 @@ class DiffusionModel(L.LightningModule):
         """What trains and is averaged: the U-Net and the conditioner (whose frozen encoders have no parameters)."""
         return nn.ModuleDict({"unet": self.unet, "conditioner": self.conditioner})
 
+    def weights_to(self, dtype: torch.dtype) -> DiffusionModel:
+        """The networks' weights in ``dtype`` (fp16/bf16: half their memory), to sample under autocast; the
+        schedule and ``scale_factor`` stay in float32."""
+        for part in (self.unet, self.first_stage, self.conditioner, self.ema):
+            if part is not None:
+                part.to(dtype)
+        return self
+
+    def adapter_names(self) -> list[str]:
+        """The trainable weights when they are all LoRA adapters (a LoRA run), else none."""
+        trainable = [name for name, p in self.named_parameters() if p.requires_grad]
+        return trainable if trainable and all("lora_" in name for name in trainable) else []
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A LoRA run checkpoints its adapters alone (a few MB): the frozen base comes back from the file the
+        model is built from."""
+        adapters = self.adapter_names()
+        if adapters:
+            checkpoint["state_dict"] = {name: checkpoint["state_dict"][name] for name in adapters}
+            checkpoint["adapters_only"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """An adapters-only checkpoint takes the rest of its weights from this model as built."""
+        if checkpoint.get("adapters_only"):
+            checkpoint["state_dict"] = {**self.state_dict(), **checkpoint["state_dict"]}
+
     def networks(self, use_ema: bool = True) -> tuple[nn.Module, Conditioner]:
         """(U-Net, conditioner) with the EMA (default) or the live weights."""
         if use_ema and self.ema is not None:

@@ -1,6 +1,6 @@
-"""Low-rank adapters (LoRA, Hu et al. 2021) on a U-Net's attention projections, through ``peft``, the library
-diffusers uses: the base weights freeze, ``W x + (alpha / rank) · B A x`` trains in A (rank x in) and B (out x rank,
-zero at the start)."""
+"""Low-rank adapters (LoRA, Hu et al. 2021) on the attention projections of a U-Net or a text encoder, through
+``peft``, the library diffusers uses: the base weights freeze, ``W x + (alpha / rank) · B A x`` trains in A
+(rank x in) and B (out x rank, zero at the start)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from torch import nn
 
 # pixelforge's attention projections: fused q/k/v (self), q and fused k/v (cross), and both outputs
 TARGETS = r".*\.(self_attn|cross_attn)\.(qkv|q|kv|proj)$"
+# a transformers CLIP text model's: q, k, v and output of every layer's self-attention
+TEXT_TARGETS = r".*\.self_attn\.(q_proj|k_proj|v_proj|out_proj)$"
 INSTALL_HINT = 'pip install -e ".[sd]"'
 
 

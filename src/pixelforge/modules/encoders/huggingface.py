@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from pixelforge.modules.lora import TEXT_TARGETS, add_lora
+
 INSTALL_HINT = 'pip install -e ".[text]"'
 
 
@@ -85,6 +87,14 @@ class FrozenTextTower(nn.Module):
         self.tokenizer = tokenizer
         object.__setattr__(self, "model", model.eval().requires_grad_(False))  # unregistered: see module docstring
         self.dim = int(model.config.hidden_size)
+        self.adapters: nn.ModuleDict | None = None
+
+    def add_lora(self, rank: int = 4, alpha: float | None = None, dropout: float = 0.0) -> None:
+        """Train low-rank adapters on the frozen model's attention projections (LoRA on the text encoder); the
+        adapters are registered here, so they train, are checkpointed and move with this module."""
+        add_lora(self.model, rank, alpha, dropout, TEXT_TARGETS)
+        self.adapters = nn.ModuleDict({name.replace(".", "-"): layer for name, layer in self.model.named_modules()
+                                       if name.endswith((".lora_A", ".lora_B"))})
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FrozenTextTower:
         """A copy that shares the frozen model and tokenizer (an EMA of the conditioner must not duplicate them)."""
@@ -99,9 +109,14 @@ class FrozenTextTower(nn.Module):
         self.model._apply(fn, recurse)
         return super()._apply(fn, recurse)
 
-    @torch.no_grad()
     def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Tokenise on the CPU, encode on the model's device; ``""`` is the unconditional prompt."""
+        """Tokenise on the CPU, encode on the model's device; ``""`` is the unconditional prompt. Gradients flow
+        only into adapters (``add_lora``)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.adapters is not None):
+            return self.encode(texts)
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward`` under the caller's gradient mode."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         lengths = self.tokenizer(texts, truncation=False, return_length=True)["length"]
         if max(lengths) > self.max_length:
