@@ -38,6 +38,42 @@ class RunSchedule(LambdaLR):
                        f"from {before[0]:.3g} to {after[0]:.3g}")
 
 
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al. 2017) as SimCLR trains with it: SGD with momentum whose step on each weight matrix is
+    scaled by the trust ratio ``trust_coefficient x ||w|| / ||g + weight_decay w||``; biases and norm weights (1-D)
+    are neither decayed nor adapted. torch has no LARS, and the libraries that do are not dependencies here."""
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
+                 trust_coefficient: float = 0.001) -> None:
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or trust_coefficient <= 0:
+            raise ValueError(f"LARS needs lr > 0, 0 <= momentum < 1, weight_decay >= 0 and trust_coefficient > 0, "
+                             f"got {lr}, {momentum}, {weight_decay}, {trust_coefficient}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                                  "trust_coefficient": trust_coefficient})
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if p.ndim > 1:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    weight_norm, update_norm = p.norm(), update.norm()
+                    ratio = group["trust_coefficient"] * weight_norm / update_norm
+                    update = update * torch.where((weight_norm > 0) & (update_norm > 0), ratio, 1.0)
+                state = self.state[p]
+                buffer = state.setdefault("momentum_buffer", torch.zeros_like(p))
+                buffer.mul_(group["momentum"]).add_(update)
+                p.add_(buffer, alpha=-group["lr"])
+        return loss
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
                   min_lr_ratio: float = 0.0) -> RunSchedule:
     """Linear warm-up from 0 over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` x lr at ``total_steps``."""

@@ -60,3 +60,19 @@ class ScoresLikelihood(Protocol):
     """Gives each image's log-likelihood (bound): a VAE."""
 
     def log_likelihood(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Embeds(Protocol):
+    """Maps images to features for downstream tasks with ``embed``: a self-supervised or contrastive model."""
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class AlignsText(Embeds, Protocol):
+    """Embeds images and texts in one space (``encode_image``, ``encode_text``: unit vectors): a CLIP."""
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, texts: Any) -> torch.Tensor: ...

@@ -28,7 +28,8 @@ def conv_bn(
 
 
 class SmallCNN(nn.Module):
-    """Conv-pool stages, global average pool and one hidden Linear; fast on CPU, any image size."""
+    """Conv-pool stages, global average pool and one hidden Linear (none with ``hidden_dim=None``); fast on CPU, any
+    image size."""
 
     def __init__(
         self,
@@ -36,7 +37,7 @@ class SmallCNN(nn.Module):
         image_size: int,
         channels: Sequence[int] = (32, 64, 128),
         convs_per_stage: int = 2,
-        hidden_dim: int = 256,
+        hidden_dim: int | None = 256,
         dropout: float = 0.25,
         batch_norm: bool = True,
     ) -> None:
@@ -56,14 +57,11 @@ class SmallCNN(nn.Module):
             # ceil_mode keeps a 1x1 map at 1x1, so deep stacks still accept small images.
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(width, hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-        )
-        self.out_features = int(hidden_dim)
+        hidden: list[nn.Module] = []
+        if hidden_dim is not None:  # None: the pooled conv features themselves (SimCLR's representation)
+            hidden = [nn.Linear(width, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *hidden)
+        self.out_features = int(width if hidden_dim is None else hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the hidden-layer features (B, out_features)."""
