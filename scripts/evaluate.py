@@ -1,17 +1,21 @@
 """Evaluate a trained run with the metrics that fit its family; prints a Markdown table and writes JSON.
 
-Classifiers: accuracy on a split. Autoencoders: MSE/PSNR/SSIM of reconstructions (a denoising autoencoder
-also on corrupted inputs, beside the corrupted inputs' own scores); VAEs add ELBO, KL and the importance-sampled
-negative log-likelihood in nats and bits/dim. Generative runs (anything with ``sample``: DDPM, GAN, VAE prior):
-FID/KID on the features of a classifier this codebase trained on the same data, conditional accuracy, and
-seconds per image, for each ``--sampler NAME:STEPS`` and ``--scale`` given (diffusion) or once (other generators).
-Text-to-image runs are prompted with the split's captions and judged per attribute by the classifier (on the
-shapes ``heldout`` split: attribute combinations never seen in training).
+Classifiers: accuracy on a split. CLIP runs: zero-shot accuracy per target from their prompts (confusion matrices as
+PNGs beside ``--out``) and image <-> text retrieval recall of the split's captions. Autoencoders: MSE/PSNR/SSIM of
+reconstructions (a denoising autoencoder also on corrupted inputs, beside the corrupted inputs' own scores); VAEs
+add ELBO, KL and the importance-sampled negative log-likelihood in nats and bits/dim. Generative runs (anything with
+``sample``: DDPM, GAN, VAE prior): FID/KID on the features of a classifier this codebase trained on the same data,
+conditional accuracy, and seconds per image, for each ``--sampler NAME:STEPS`` and ``--scale`` given (diffusion) or
+once (other generators). Text-to-image runs are prompted with the split's captions and judged per attribute by the
+classifier (on the shapes ``heldout`` split: attribute combinations never seen in training).
 
     python scripts/evaluate.py --ckpt logs/<ddpm run> --classifier logs/<classifier run> \\
         --sampler dpmpp:20 ddim:50 ddpm:1000 --scale 3 --n_samples 1000 --out results/ddpm.json
     python scripts/evaluate.py --ckpt logs/<ldm run> --classifier logs/<classifier_cnn_shapes run> \
         --split heldout --sampler dpmpp:20 --scale 1 3 5 7.5 --n_samples 500
+    python scripts/evaluate.py --ckpt logs/<clip_shapes run> --split heldout --out results/clip_shapes.json
+    python scripts/evaluate.py --ckpt logs/<ldm run> --classifier logs/<classifier run> --clip logs/<clip run> \
+        --split heldout --scale 1 3 5 7.5        # CLIP score beside the classifier's accuracy
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from pixelforge.inference.arguments import load_run_or_exit
+from pixelforge.metrics.clip import evaluate_clip
 from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples
 from pixelforge.metrics.likelihood import evaluate_likelihood
 from pixelforge.metrics.reconstruction import evaluate_reconstructions
-from pixelforge.protocols import Classifies, Diffuses, Generates, Reconstructs, ScoresLikelihood
+from pixelforge.protocols import AlignsText, Classifies, Diffuses, Generates, Reconstructs, ScoresLikelihood
+from pixelforge.utils.plots import matrix_figure
+from pixelforge.utils.tables import markdown
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test", help="data split to compare with (default: test)")
     parser.add_argument("--classifier", help="classifier run whose features define FID/KID and judge labels")
     parser.add_argument("--features", choices=["classifier", "inception"], default="classifier")
+    parser.add_argument("--clip", help="CLIP run that also judges text-to-image samples: CLIP score and FID on "
+                                       "its image embeddings")
     parser.add_argument("--sampler", nargs="*", default=["dpmpp:20"], help="NAME:STEPS for diffusion models")
     parser.add_argument("--scale", type=float, nargs="+", default=[1.0],
                         help="classifier-free guidance scale(s): one row per sampler and scale")
@@ -52,16 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="JSON file for the results (a .md table is written beside it)")
     return parser.parse_args(argv)
-
-
-def markdown(rows: list[dict]) -> str:
-    """A Markdown table of result rows (union of their keys, floats to 4 significant digits)."""
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = [f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 @torch.no_grad()
@@ -79,6 +78,7 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
     if args.features == "classifier" and not args.classifier:
         raise SystemExit("evaluate.py: error: --classifier RUN is needed for FID on project features")
     extractor = build_feature_extractor(args.features, args.classifier).to(args.device)
+    clip = load_clip(args.clip, args.device) if args.clip else None
     settings = itertools.product(args.sampler, args.scale) if isinstance(model, Diffuses) else [None]
     rows = []
     for setting in settings:
@@ -90,12 +90,32 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
             row = {"sampler": name, "steps": kwargs["steps"], "scale": scale}
         start = time.perf_counter()
         results = evaluate_samples(model, extractor, dataset, key, args.n_samples, args.batch_size, seed=args.seed,
-                                   **kwargs)
+                                   clip=clip, **kwargs)
         row.update(results)
         row["sec_per_image"] = (time.perf_counter() - start) / args.n_samples
         print(markdown([row]).splitlines()[-1], flush=True)
         rows.append(row)
     return rows
+
+
+def load_clip(path: str, device: str):
+    """The CLIP run that judges samples (``--clip``)."""
+    _, clip = load_run_or_exit(path, None, "evaluate.py")
+    if not isinstance(clip, AlignsText):
+        raise SystemExit(f"evaluate.py: error: --clip {path} is a {type(clip).__name__} run, not a CLIP run")
+    return clip.to(device)
+
+
+def clip_rows(args: argparse.Namespace, model, dataset) -> list[dict]:
+    """Zero-shot accuracy per target and retrieval recall; a confusion matrix PNG per target beside ``--out``."""
+    results, matrices = evaluate_clip(model, dataset, args.batch_size, args.device)
+    if args.out:
+        for key, matrix in matrices.items():
+            names = model.zero_shot[key]["classes"]
+            path = matrix_figure(matrix, Path(args.out).with_name(f"{Path(args.out).stem}_zero_shot_{key}.png"),
+                                 names, names, f"zero-shot {key} on {args.split} (rows: true)", fmt="{:.0f}")
+            print(f"evaluate.py: wrote {path}")
+    return [{"metric": name, "value": value} for name, value in results.items()]
 
 
 def autoencoder_rows(args: argparse.Namespace, model, dataset, key: str) -> list[dict]:
@@ -127,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = autoencoder_rows(args, model, dataset, key)
     elif isinstance(model, Generates):
         rows = generative_rows(args, model, dataset, key)
+    elif isinstance(model, AlignsText):
+        rows = clip_rows(args, model, dataset)
     elif isinstance(model, Classifies):
         rows = classifier_rows(model, dataset, args.batch_size, args.device)
     else:

@@ -15,7 +15,7 @@ import pytest
 import sd_tiny
 import torch
 from fake_data import write_captioned_images, write_fake_dataset
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from sd_tiny import write_tiny_sd
 
 from pixelforge.cli import compose_config, experiments, parse
@@ -33,15 +33,27 @@ SMOKE = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_te
          "callbacks.model_checkpoint.save_top_k=0", "+callbacks.model_checkpoint.save_weights_only=true"]
 
 
+def clip_run(tmp_path: Path) -> Path:
+    """A two-step clip_shapes run (trained once) whose text tower a recipe with our own CLIP encoder loads."""
+    logs = tmp_path / "clip"
+    if not logs.exists():
+        run(smoke_config(["experiment=clip_shapes", "-l", str(logs)], tmp_path))
+    (run_dir,) = logs.iterdir()
+    return run_dir
+
+
 def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
     """Overrides that point a recipe needing downloaded or user data at tiny data written here (once: a latent
-    diffusion recipe and its first stage share it), and one fine-tuning released weights at a tiny random file."""
+    diffusion recipe and its first stage share it), one fine-tuning released weights at a tiny random file, and one
+    whose text encoder is our own CLIP at a two-step CLIP run."""
     weights = []
     if cfg.model._target_.endswith("stable_diffusion.pretrained"):
         ckpt = tmp_path / "sd" / "model.safetensors"
         if not ckpt.exists():
             write_tiny_sd(ckpt)
         weights = [f"model.ckpt={ckpt}", *sd_tiny.overrides()]
+    if str(OmegaConf.select(cfg, "model.conditioner.caption.encoder._target_")).endswith("frozen_text_tower"):
+        weights = [f"model.conditioner.caption.encoder.run={clip_run(tmp_path)}"]
     target = cfg.data.dataset._target_
     if target.endswith("TorchvisionDataset"):
         root = tmp_path / "data" / cfg.data.dataset.name
@@ -54,7 +66,7 @@ def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
         return [f"data.dataset.root={tmp_path / 'folder'}", "data.image_size=32", *weights]
     if "root" in cfg.data.dataset:
         pytest.fail(f"add a stand-in for {target} to tests/test_experiments.py")
-    return []
+    return weights
 
 
 def smoke_config(overrides: list[str], tmp_path: Path) -> DictConfig:
@@ -63,6 +75,8 @@ def smoke_config(overrides: list[str], tmp_path: Path) -> DictConfig:
     overrides = [*overrides, *stand_in(cfg, tmp_path), *SMOKE]
     if "log_sampler" in cfg.model:
         overrides.append("model.log_sampler.steps=2")
+    if "knn" in cfg.model:  # the kNN monitor embeds this many training images
+        overrides.append("model.knn.bank_size=64")
     return compose_config(*parse(["-t", *overrides]))
 
 

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pixelforge.metrics.clip import clip_features, clip_score
 from pixelforge.metrics.fid import cached_real_features, default_cache_dir, extract, fid, kid
+from pixelforge.protocols import AlignsText
 
 
 def real_batches(dataset: Dataset, batch_size: int = 500) -> Iterable[torch.Tensor]:
@@ -53,6 +55,7 @@ def evaluate_samples(
     cache_dir: str | Path | None = None,
     seed: int = 0,
     kid_subset_size: int = 500,
+    clip: AlignsText | None = None,
     **sample_kwargs,
 ) -> dict[str, float]:
     """Generate ``n_samples`` with ``model.sample`` and compare them to ``dataset`` on ``extractor`` features.
@@ -60,7 +63,8 @@ def evaluate_samples(
     Real features are cached in ``cache_dir`` (default: ``default_cache_dir()``). Returns ``fid``, ``kid`` (and
     its std), and for conditional models ``cond_acc`` (share of samples the extractor's classifier labels as
     requested; with several keys, all of them right) plus one per key. Text-conditioned models are prompted with
-    the captions of drawn items and judged on those items' labels (e.g. the shapes attributes).
+    the captions of drawn items and judged on those items' labels (e.g. the shapes attributes); with a ``clip`` run
+    also by its CLIP score against their prompts, and ``clip_fid``, FID on its image embeddings.
     """
     device = next(model.parameters()).device
     keys, prompt_key = judged_keys(model, extractor, dataset)
@@ -83,6 +87,12 @@ def evaluate_samples(
     results = {"fid": fid(real_features, fake_features), "kid": kid_mean, "kid_std": kid_std}
     if labels is not None and hasattr(extractor, "predict"):
         results.update(conditional_accuracy(extractor, fake, labels, keys, batch_size, device))
+    if clip is not None:
+        if prompts is not None:
+            results["clip_score"] = clip_score(clip, fake, prompts, batch_size, device)
+        real = torch.cat(list(real_batches(dataset)))
+        results["clip_fid"] = fid(clip_features(clip, real, batch_size, device), clip_features(clip, fake, batch_size,
+                                                                                            device))
     return results
 
 

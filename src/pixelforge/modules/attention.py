@@ -54,7 +54,8 @@ def attend(
     dropout: float = 0.0,
     upcast: bool = False,
 ) -> torch.Tensor:
-    """Multi-head attention of queries (B,N,D) over keys/values (B,M,D); ``mask`` (B,M bool, True = keep) hides keys.
+    """Multi-head attention of queries (B,N,D) over keys/values (B,M,D); ``mask`` (B,M bool, True = keep) hides keys,
+    or per query as (B or 1,N,M) (a causal mask).
 
     SDPA, except where ``use_explicit_attention`` says two plain matmuls are faster. ``upcast`` computes it in
     float32 and returns the input dtype (Stability's fp32 attention for SD 2.x, whose fp16 scores can overflow).
@@ -62,7 +63,7 @@ def attend(
     if upcast and q.dtype != torch.float32:
         return attend(q.float(), k.float(), v.float(), heads, mask, dropout).to(q.dtype)
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
-    attn_mask = None if mask is None else rearrange(mask, "b m -> b 1 1 m")
+    attn_mask = None if mask is None else mask[:, None, None] if mask.dim() == 2 else mask[:, None]
     if use_explicit_attention(q, k):
         out = explicit_attention(q, k, v, attn_mask, dropout)
     else:

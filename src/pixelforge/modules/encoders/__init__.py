@@ -6,12 +6,21 @@ prompts, null labels). ``transformers`` is imported only when a FrozenHFTextEnco
 """
 
 from pixelforge.modules.encoders.class_embedder import ClassEmbedder
+from pixelforge.modules.encoders.clip_text import CausalTextTransformer
 from pixelforge.modules.encoders.huggingface import FrozenHFTextEncoder
-from pixelforge.modules.encoders.tokenizers import ByteTokenizer, WordTokenizer, shapes_vocabulary, vocabulary
+from pixelforge.modules.encoders.tokenizers import (
+    BPETokenizer,
+    ByteTokenizer,
+    WordTokenizer,
+    shapes_vocabulary,
+    vocabulary,
+)
 from pixelforge.modules.encoders.transformer import TransformerTextEncoder
 
 __all__ = [
+    "BPETokenizer",
     "ByteTokenizer",
+    "CausalTextTransformer",
     "ClassEmbedder",
     "FrozenHFTextEncoder",
     "TransformerTextEncoder",

@@ -141,3 +141,26 @@ class ByteTokenizer(Tokenizer):
     def extra_repr(self) -> str:
         """Length, for printed models."""
         return f"max_length={self.max_length}"
+
+
+class BPETokenizer(Tokenizer):
+    """CLIP's byte-pair encoding (49,408 tokens; its vocabulary ships inside the ``open_clip_torch`` wheel, so it
+    works offline), with the ids shifted past this module's specials so prompts are framed and padded as above."""
+
+    vocab_size = len(SPECIALS) + 49408
+
+    def __init__(self, max_length: int = 77) -> None:
+        super().__init__(max_length)
+        from pixelforge.modules.encoders.clip_bpe import clip_tokenizer
+
+        self.bpe = clip_tokenizer()
+
+    def encode(self, text: str) -> list[int]:
+        """CLIP's BPE ids of ``text`` (lower-cased, as CLIP's tokenizer does), without its own start/end tokens."""
+        return [len(SPECIALS) + i for i in self.bpe.encode(text, add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.bpe.decode([int(i) - len(SPECIALS) for i in ids if int(i) >= len(SPECIALS)]).strip()
+
+    def extra_repr(self) -> str:
+        return f"max_length={self.max_length}, vocab_size={self.vocab_size}"
