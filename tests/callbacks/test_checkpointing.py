@@ -307,3 +307,17 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint() -> None:
     np.testing.assert_array_equal(restored[1], expected[1])
     assert restored[2] == expected[2]
     assert torch.equal(restored[3], expected[3])
+
+
+def test_last_ckpt_is_the_latest_epoch_when_the_monitored_metric_stops_improving(tmp_path: Path) -> None:
+    """Lightning 2.6 writes last.ckpt only beside a top-k checkpoint; a run's last.ckpt must still be its end."""
+    from pixelforge.train import run
+
+    # the loss falls, so "max" keeps epoch 0 as the best and no later top-1 checkpoint is written
+    run(compose_config(*parse(["-t", "--no-test", "-l", str(tmp_path), *QUIET, "trainer.max_epochs=3",
+                               "callbacks.model_checkpoint.save_top_k=1", "callbacks.model_checkpoint.monitor=val/loss",
+                               "callbacks.model_checkpoint.mode=max"])))
+    (run_dir,) = tmp_path.iterdir()
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, mmap=True)
+    assert last["epoch"] == 2
+    assert [p.name for p in (run_dir / "checkpoints").glob("epoch=000-*")]  # the best stayed epoch 0

@@ -56,7 +56,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint for run directories that are stopped, resumed and moved.
 
-    ``last.ckpt`` is always overwritten in place: with Lightning's version counter, a ``last.ckpt`` written by an
+    ``last.ckpt`` is the latest state after every epoch, whether or not the monitored metric improved, and is always
+    overwritten in place: with Lightning's version counter, a ``last.ckpt`` written by an
     earlier process (after SIGTERM or Ctrl-C) makes the resumed run write ``last-v1.ckpt``, and the next ``-r``
     silently restarts from the stale file. A checkpoint restored from a run directory that has since moved has the
     paths it remembers (best, top-k, last) moved along, so top-k pruning and testing the best model keep working.
@@ -64,6 +65,23 @@ class RunCheckpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self.save_last_now(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self.save_last_now(trainer)
+
+    def save_last_now(self, trainer: L.Trainer) -> None:
+        """Write ``last.ckpt`` if this step has not: since Lightning 2.6 ModelCheckpoint writes it only with a top-k
+        checkpoint, so a run whose monitored metric stopped improving kept a stale ``last.ckpt`` (what ``-r``
+        resumes and every script loads)."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     @property
     def state_key(self) -> str:
