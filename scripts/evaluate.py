@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from pixelforge.metrics.likelihood import evaluate_likelihood
 from pixelforge.metrics.reconstruction import evaluate_reconstructions
 from pixelforge.protocols import AlignsText, Classifies, Diffuses, Generates, Reconstructs, ScoresLikelihood
 from pixelforge.utils.plots import matrix_figure
-from pixelforge.utils.tables import markdown
+from pixelforge.utils.tables import markdown, report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -154,13 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"evaluate.py: error: no metrics for a {type(model).__name__}", file=sys.stderr)
         return 2
-    table = markdown(rows)
-    print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"ckpt": args.ckpt, "split": args.split, "rows": rows}, indent=2))
-        out.with_suffix(".md").write_text(table + "\n")
+    report(rows, args.out, ckpt=args.ckpt, split=args.split)
     return 0
 
 

@@ -11,9 +11,7 @@ features coloured by each target beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
@@ -30,7 +28,7 @@ from pixelforge.contrastive.probe import (
 from pixelforge.inference.arguments import exit_on_error, load_run_or_exit, positive_int
 from pixelforge.protocols import Classifies, Embeds
 from pixelforge.utils.plots import embedding_figure
-from pixelforge.utils.tables import markdown
+from pixelforge.utils.tables import report
 
 PROG = "linear_probe.py"
 
@@ -114,13 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         train, val, test = (extract(embed, datamodule.build(split), list(targets), device=args.device)
                             for split in ("train", "val", args.split))
         rows = rows_for(args, cfg, train, val, test, targets)
-    table = markdown(rows)
-    print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"ckpt": args.ckpt, "split": args.split, "rows": rows}, indent=2))
-        out.with_suffix(".md").write_text(table + "\n")
+    out = report(rows, args.out, ckpt=args.ckpt, split=args.split)
+    if out is not None:
         picture = embedding_figure(test[0], test[1], out.with_suffix(".png"), title=f"{args.split} features:")
         print(f"{PROG}: wrote {out}, {out.with_suffix('.md')} and {picture}")
     return 0

@@ -198,3 +198,13 @@ def test_bad_arguments() -> None:
         ShapesDataset(num_samples=-1)
     with pytest.raises(ValueError, match="-2"):
         ShapesDataset(seed=-2)
+
+
+def test_zero_shot_templates_are_whole_captions_over_the_other_attributes() -> None:
+    from pixelforge.data.shapes import describe, zero_shot_templates
+
+    templates = zero_shot_templates("size")
+    assert len(templates) == 3 * 7 * 5 and len(set(templates)) == len(templates)
+    assert describe({"shape": 0, "color": 0, "size": 1, "position": 0}) == templates[0].format("large")
+    with pytest.raises(ValueError, match="unknown attribute 'hue'"):
+        zero_shot_templates("hue")

@@ -94,6 +94,18 @@ def describe(attrs: Mapping[str, int], template: int = 0) -> str:
     )
 
 
+def zero_shot_templates(attribute: str, template: int = 0) -> list[str]:
+    """Zero-shot prompt templates for one attribute: caption ``template`` with every value of the other three
+    attributes filled in and ``{}`` for this one (``"a {} red circle in the top left"``, ... for size), so each
+    class's prompts are whole captions, as the text tower learned them, averaged over everything else."""
+    if attribute not in NUM_CLASSES:
+        raise ValueError(f"unknown attribute {attribute!r}; valid: {ATTRIBUTES}")
+    names = {"shape": SHAPES, "color": COLORS, "size": SIZES, "position": POSITIONS}
+    others = [key for key in ATTRIBUTES if key != attribute]
+    return [TEMPLATES[template].format(**dict(zip(others, values, strict=True)), **{attribute: "{}"})
+            for values in itertools.product(*(names[key] for key in others))]
+
+
 def _labels(combination: tuple[int, int, int, int]) -> dict[str, int]:
     """Name the indices of a (shape, color, size, position) tuple."""
     return dict(zip(ATTRIBUTES, combination, strict=True))

@@ -95,7 +95,7 @@ class SimCLR(L.LightningModule):
         """``split/knn_acc`` (mean over targets, and ``split/knn/<target>`` for several) of the collected features."""
         outputs, self.outputs = self.outputs, []
         datamodule = getattr(self.trainer, "datamodule", None)
-        if not outputs or datamodule is None:
+        if not outputs or datamodule is None or self.trainer.sanity_checking:  # the bank costs a pass over it
             return
         queries = torch.cat([features for features, _ in outputs])
         bank, bank_labels = self.knn_bank(datamodule)
