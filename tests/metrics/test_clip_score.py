@@ -33,3 +33,31 @@ def test_clip_score_is_hessels_definition() -> None:
     assert clip_score(toy, images, ["60", "180", "90"], batch_size=2) == pytest.approx(100 * (0.5 + 0 + 1) / 3)
     with pytest.raises(ValueError, match="3 images but 2 prompts"):
         clip_score(toy, images, ["60", "180"])
+
+
+def test_a_text_to_image_evaluation_adds_the_clip_score_of_its_samples(tmp_path) -> None:
+    """evaluate_samples with a CLIP: each sample scored against the prompt it was drawn for, and FID on CLIP."""
+    from types import SimpleNamespace
+
+    from pixelforge.metrics.generation import evaluate_samples
+
+    class Prompted(torch.nn.Module):
+        """Samples the angle its prompt names, as a 2-pixel image: a perfect text-to-image model for ``Toy``."""
+
+        conditioner = SimpleNamespace(text_key="caption")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def sample(self, n, conditions, generator=None, **kwargs):
+            return Toy().encode_text(conditions["caption"])[:, :, None, None]
+
+    class Features(torch.nn.Flatten):
+        name = "flatten"  # what the real-feature cache is keyed by
+
+    dataset = [{"image": Toy().encode_text([a])[0][:, None, None], "caption": a} for a in ("10", "80", "130", "200")]
+    results = evaluate_samples(Prompted(), Features(), dataset, "toy", n_samples=8, batch_size=4,
+                               cache_dir=tmp_path, kid_subset_size=4, clip=Toy())
+    assert results["clip_score"] == pytest.approx(100.0)
+    assert results["clip_fid"] >= 0
