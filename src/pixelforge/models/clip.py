@@ -26,7 +26,7 @@ class CLIP(L.LightningModule):
 
     ``augment`` (optional) draws one random view of each training image. Validation and test log the loss, image <->
     text retrieval recall and, for each target of ``zero_shot`` (``{target: {classes: [names], templates:
-    ["a {} shape"]}}``), the zero-shot accuracy from prompts alone."""
+    ["a photo of a {}"]}}``), the zero-shot accuracy from prompts alone."""
 
     def __init__(
         self,
@@ -70,6 +70,8 @@ class CLIP(L.LightningModule):
         return F.normalize(self.text_projection(self.text_encoder.pooled(texts)), dim=-1)
 
     def loss(self, batch: dict, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(InfoNCE of the batch's images, one random view each with ``augment``, and captions; the share of images
+        whose best caption is their own)."""
         images = batch["image"]
         if augment and self.augment is not None:
             images = self.augment(images)
