@@ -58,3 +58,19 @@ def test_the_zero_shot_spec_is_checked_against_the_data() -> None:
         check_zero_shot({"shade": spec["color"]}, {"color": 3})
     with pytest.raises(ValueError, match="names 3 classes, the data has 4"):
         check_zero_shot(spec, {"color": 4})
+
+
+def test_joint_zero_shot_reads_every_target_off_the_best_whole_prompt() -> None:
+    from pixelforge.contrastive.zero_shot import check_joint, joint_predict
+    from pixelforge.data.shapes import joint_prompts
+
+    prompts = torch.eye(4)  # four whole prompts: (colour, size) = (0, 0), (0, 1), (1, 0), (1, 1)
+    labels = {"color": torch.tensor([0, 0, 1, 1]), "size": torch.tensor([0, 1, 0, 1])}
+    images = torch.tensor([[0.1, 0.9, 0, 0], [0, 0, 0.2, 1.0]])
+    predicted = joint_predict(images, prompts, labels)
+    assert predicted["color"].tolist() == [0, 1] and predicted["size"].tolist() == [1, 1]
+    shapes = joint_prompts()
+    assert len(shapes["prompts"]) == 210 and shapes["prompts"][0] == "a small red circle in the top left"
+    assert check_joint(shapes, {"shape": 3, "color": 7, "size": 2, "position": 5})["labels"]["size"][:2] == [0, 0]
+    with pytest.raises(ValueError, match="must give one class in \\[0, 1\\) for each of the 210 prompts"):
+        check_joint(shapes, {"shape": 3, "color": 7, "size": 1, "position": 5})

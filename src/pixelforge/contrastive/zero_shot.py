@@ -4,6 +4,7 @@ prompt ensembling over templates) and image <-> text retrieval recall."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,3 +68,25 @@ def check_zero_shot(zero_shot: Mapping[str, Mapping] | None, targets: Mapping[st
             raise ValueError(f"zero-shot target {key!r} names {len(classes)} classes, the data has {targets[key]}")
         checked[key] = {"classes": classes, "templates": list(spec.get("templates", DEFAULT_TEMPLATES))}
     return checked
+
+
+def check_joint(joint: Mapping[str, Any] | None, targets: Mapping[str, int]) -> dict[str, Any] | None:
+    """``{prompts: [P texts], labels: {target: [P class indices]}}``, one prompt for each combination of the targets'
+    classes, checked against the data's targets."""
+    if not joint:
+        return None
+    prompts, labels = list(joint["prompts"]), {key: list(values) for key, values in joint["labels"].items()}
+    for key, values in labels.items():
+        if key not in targets:
+            raise ValueError(f"joint zero-shot target {key!r} is not one of the data's targets {sorted(targets)}")
+        if len(values) != len(prompts) or not all(0 <= v < targets[key] for v in values):
+            raise ValueError(f"joint zero-shot labels of {key!r} must give one class in [0, {targets[key]}) for each "
+                             f"of the {len(prompts)} prompts")
+    return {"prompts": prompts, "labels": labels}
+
+
+def joint_predict(image_features: torch.Tensor, prompt_features: torch.Tensor,
+                  labels: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each target's class as the most similar whole prompt states it (zero-shot over the joint label space)."""
+    best = (F.normalize(image_features.float(), dim=1) @ F.normalize(prompt_features.float(), dim=1).T).argmax(1)
+    return {key: values.to(best.device)[best] for key, values in labels.items()}

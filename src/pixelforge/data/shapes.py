@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,6 +105,13 @@ def zero_shot_templates(attribute: str, template: int = 0) -> list[str]:
     others = [key for key in ATTRIBUTES if key != attribute]
     return [TEMPLATES[template].format(**dict(zip(others, values, strict=True)), **{attribute: "{}"})
             for values in itertools.product(*(names[key] for key in others))]
+
+
+def joint_prompts(template: int = 0) -> dict[str, Any]:
+    """One caption (``template``) for each of the 210 attribute combinations and its four labels: zero-shot over the
+    joint label space, each attribute read off the best-matching caption."""
+    return {"prompts": [describe(dict(zip(ATTRIBUTES, c, strict=True)), template) for c in ALL_COMBINATIONS],
+            "labels": {key: [c[i] for c in ALL_COMBINATIONS] for i, key in enumerate(ATTRIBUTES)}}
 
 
 def _labels(combination: tuple[int, int, int, int]) -> dict[str, int]:

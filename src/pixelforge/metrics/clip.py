@@ -15,14 +15,17 @@ from pixelforge.protocols import AlignsText
 @torch.no_grad()
 def evaluate_clip(model: AlignsText, dataset: Dataset, batch_size: int = 250,
                   device: str | torch.device = "cpu") -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """(``{zero_shot/<target>: accuracy, <direction>_R@k: recall}``, ``{target: confusion matrix}``)."""
+    """(``{zero_shot/<target>: accuracy, zero_shot_joint/<target>: accuracy, <direction>_R@k: recall}``,
+    ``{target: confusion matrix}``)."""
     zero_shot: dict[str, Any] = getattr(model, "zero_shot", {})
-    images, texts, captions, labels = [], [], [], {key: [] for key in zero_shot}
+    joint = getattr(model, "zero_shot_joint", None)
+    keys = set(zero_shot) | set(joint["labels"] if joint else ())
+    images, texts, captions, labels = [], [], [], {key: [] for key in keys}
     for batch in DataLoader(dataset, batch_size=batch_size):
         images.append(model.encode_image(batch["image"].to(device)))
         texts.append(model.encode_text(list(batch[model.caption_key])))
         captions += list(batch[model.caption_key])
-        for key in zero_shot:
+        for key in keys:
             labels[key].append(batch[key].to(device))
     images, texts = torch.cat(images), torch.cat(texts)
     results, matrices = {}, {}
@@ -30,6 +33,9 @@ def evaluate_clip(model: AlignsText, dataset: Dataset, batch_size: int = 250,
         truth, predicted = torch.cat(labels[key]), zero_shot_predict(images, weights)
         results[f"zero_shot/{key}"] = float((predicted == truth).float().mean())
         matrices[key] = confusion(predicted, truth, len(zero_shot[key]["classes"])).cpu()
+    if joint is not None:
+        for key, predicted in model.joint_predict(images).items():
+            results[f"zero_shot_joint/{key}"] = float((predicted == torch.cat(labels[key])).float().mean())
     results.update(retrieval_recall(images, texts, captions))
     return results, matrices
 

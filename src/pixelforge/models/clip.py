@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelforge.contrastive.losses import clip_loss
-from pixelforge.contrastive.zero_shot import check_zero_shot, class_weights, retrieval_recall, zero_shot_predict
+from pixelforge.contrastive.zero_shot import (
+    check_joint,
+    check_zero_shot,
+    class_weights,
+    joint_predict,
+    retrieval_recall,
+    zero_shot_predict,
+)
 from pixelforge.modules.augment import ViewAugment
 from pixelforge.modules.encoders.clip_text import CausalTextTransformer, check_layer
 from pixelforge.optim import configure_optimizer
@@ -26,7 +33,8 @@ class CLIP(L.LightningModule):
 
     ``augment`` (optional) draws one random view of each training image. Validation and test log the loss, image <->
     text retrieval recall and, for each target of ``zero_shot`` (``{target: {classes: [names], templates:
-    ["a photo of a {}"]}}``), the zero-shot accuracy from prompts alone."""
+    ["a photo of a {}"]}}``), the zero-shot accuracy from prompts alone; ``zero_shot_joint`` (``{prompts, labels:
+    {target: class per prompt}}``, a prompt per combination of classes) reads every target off the best prompt."""
 
     def __init__(
         self,
@@ -41,6 +49,7 @@ class CLIP(L.LightningModule):
         caption_key: str = "caption",
         targets: Mapping[str, int] | None = None,
         zero_shot: Mapping[str, Mapping[str, Any]] | None = None,
+        zero_shot_joint: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["image_encoder", "text_encoder", "optimizer", "scheduler", "augment"])
@@ -55,6 +64,7 @@ class CLIP(L.LightningModule):
         self.scheduler = scheduler
         self.caption_key = caption_key
         self.zero_shot = check_zero_shot(zero_shot, dict(targets or {}))
+        self.zero_shot_joint = check_joint(zero_shot_joint, dict(targets or {}))
         self.outputs: list[dict[str, Any]] = []
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -93,8 +103,9 @@ class CLIP(L.LightningModule):
         loss, accuracy = clip_loss(images, captions, self.logit_scale)
         self.log_dict({f"{split}/loss": loss, f"{split}/acc": accuracy}, prog_bar=True, sync_dist=True,
                       batch_size=len(batch["image"]))
+        judged = set(self.zero_shot) | set(self.zero_shot_joint["labels"] if self.zero_shot_joint else ())
         self.outputs.append({"image": images, "text": captions, "caption": list(batch[self.caption_key]),
-                             **{key: batch[key] for key in self.zero_shot}})
+                             **{key: batch[key] for key in judged}})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluation_step(batch, "val")
@@ -130,7 +141,21 @@ class CLIP(L.LightningModule):
             log[f"{split}/zero_shot/{key}"] = accuracies[-1]
         if accuracies:
             log[f"{split}/zero_shot_acc"] = torch.stack(accuracies).mean()
+        if self.zero_shot_joint is not None:
+            joint = [(predicted == torch.cat([o[key] for o in outputs])).float().mean()
+                     for key, predicted in self.joint_predict(images).items()]
+            log.update({f"{split}/zero_shot_joint/{key}": value
+                        for key, value in zip(self.zero_shot_joint["labels"], joint, strict=True)})
+            log[f"{split}/zero_shot_joint_acc"] = torch.stack(joint).mean()
         self.log_dict(log, prog_bar=True, sync_dist=True)
+
+    @torch.no_grad()
+    def joint_predict(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every target of ``zero_shot_joint`` as the prompt most similar to each image states it."""
+        prompts = self.zero_shot_joint["prompts"]
+        texts = torch.cat([self.encode_text(prompts[i:i + 500]) for i in range(0, len(prompts), 500)])
+        labels = {key: torch.tensor(values) for key, values in self.zero_shot_joint["labels"].items()}
+        return joint_predict(image_features, texts, labels)
 
     def configure_optimizers(self) -> dict:
         return configure_optimizer(self.parameters(), self.optimizer, self.scheduler,
