@@ -62,7 +62,7 @@ def embedder(model):
     raise ValueError(f"a {type(model).__name__} has no features to probe (it neither embeds nor classifies)")
 
 
-def rows_for(args: argparse.Namespace, cfg, train, val, test, targets: dict[str, int]) -> list[dict]:
+def rows_for(args: argparse.Namespace, cfg, datamodule, train, val, test, targets: dict[str, int]) -> list[dict]:
     """One row per target and label budget: probe accuracy (its L2 penalty chosen on ``val``), and the from-scratch
     baseline's."""
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = train, val, test
@@ -82,22 +82,23 @@ def rows_for(args: argparse.Namespace, cfg, train, val, test, targets: dict[str,
                 rows.append({**row, "knn_acc": float((knn == test_y[key]).float().mean())})
                 continue
             if args.baseline:
-                row["scratch_acc"] = scratch_accuracy(args, cfg, index, key, classes)
+                row["scratch_acc"] = scratch_accuracy(args, cfg, datamodule, index, key, classes, test_y[key])
             rows.append(row)
             print(f"{key} {per_class}/class: {row}", flush=True)
     return rows
 
 
-def scratch_accuracy(args: argparse.Namespace, cfg, index: torch.Tensor, key: str, classes: int) -> float:
+def scratch_accuracy(args: argparse.Namespace, cfg, datamodule, index: torch.Tensor, key: str, classes: int,
+                     test_labels: torch.Tensor) -> float:
     """Test accuracy of the run's backbone, built fresh from its config and trained on the chosen labels alone."""
-    datamodule = instantiate(cfg.data)
-    train, test = datamodule.build("train"), datamodule.build(args.split)
+    train, test = datamodule.build("train"), datamodule.build(args.split)  # built once by the datamodule
     images = torch.stack([train[int(i)]["image"] for i in index])
     labels = torch.tensor([int(train[int(i)][key]) for i in index])
     model = train_supervised(instantiate(cfg.model.backbone), images, labels, classes, steps=args.baseline_steps,
                              seed=args.seed)
-    logits = torch.cat([model(batch) for batch in torch.stack([s["image"] for s in test]).split(500)])
-    return accuracy(logits, torch.tensor([int(s[key]) for s in test]))
+    with torch.no_grad():
+        logits = torch.cat([model(batch) for batch in torch.stack([s["image"] for s in test]).split(500)])
+    return accuracy(logits, test_labels)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"the run's data ({cfg.data.dataset._target_}) has no labels to probe")
         train, val, test = (extract(embed, datamodule.build(split), list(targets), device=args.device)
                             for split in ("train", "val", args.split))
-        rows = rows_for(args, cfg, train, val, test, targets)
+        rows = rows_for(args, cfg, datamodule, train, val, test, targets)
     out = report(rows, args.out, ckpt=args.ckpt, split=args.split)
     if out is not None:
         picture = embedding_figure(test[0], test[1], out.with_suffix(".png"), title=f"{args.split} features:")

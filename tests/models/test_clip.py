@@ -78,3 +78,16 @@ def test_the_bpe_tokenizer_is_clips_own() -> None:
     inner = theirs[1:int((theirs > 0).sum()) - 1]
     assert ours[0, 1:1 + len(inner)].tolist() == [i + 4 for i in inner.tolist()]  # shifted past the 4 specials
     assert BPETokenizer(16).decode(ours[0].tolist()) == "a photo of a cat"
+
+
+def test_evaluate_clip_reports_both_zero_shots_confusions_and_recall() -> None:
+    from pixelforge.metrics.clip import evaluate_clip
+
+    model = tiny_clip(targets={"color": 2},
+                      zero_shot={"color": {"classes": ["red", "blue"], "templates": ["a {} shape"]}},
+                      zero_shot_joint={"prompts": ["a red shape", "a blue shape"], "labels": {"color": [0, 1]}}).eval()
+    dataset = [{"image": torch.full((3, 16, 16), float(i % 2)), "caption": ["a red shape", "a blue shape"][i % 2],
+                "color": i % 2} for i in range(6)]
+    results, matrices = evaluate_clip(model, dataset, batch_size=4)
+    assert {"zero_shot/color", "zero_shot_joint/color", "image_to_text_R@1", "text_to_image_R@10"} <= set(results)
+    assert matrices["color"].shape == (2, 2) and int(matrices["color"].sum()) == 6

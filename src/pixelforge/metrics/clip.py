@@ -3,23 +3,24 @@ matrices) and image <-> text retrieval recall of the split's captions."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pixelforge.contrastive.zero_shot import confusion, retrieval_recall, zero_shot_predict
+from pixelforge.contrastive.zero_shot import confusion, retrieval_recall
 from pixelforge.protocols import AlignsText
+
+if TYPE_CHECKING:
+    from pixelforge.models.clip import CLIP
 
 
 @torch.no_grad()
-def evaluate_clip(model: AlignsText, dataset: Dataset, batch_size: int = 250,
+def evaluate_clip(model: CLIP, dataset: Dataset, batch_size: int = 250,
                   device: str | torch.device = "cpu") -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """(``{zero_shot/<target>: accuracy, zero_shot_joint/<target>: accuracy, <direction>_R@k: recall}``,
     ``{target: confusion matrix}``)."""
-    zero_shot: dict[str, Any] = getattr(model, "zero_shot", {})
-    joint = getattr(model, "zero_shot_joint", None)
-    keys = set(zero_shot) | set(joint["labels"] if joint else ())
+    keys = model.judged
     images, texts, captions, labels = [], [], [], {key: [] for key in keys}
     for batch in DataLoader(dataset, batch_size=batch_size):
         images.append(model.encode_image(batch["image"].to(device)))
@@ -29,13 +30,12 @@ def evaluate_clip(model: AlignsText, dataset: Dataset, batch_size: int = 250,
             labels[key].append(batch[key].to(device))
     images, texts = torch.cat(images), torch.cat(texts)
     results, matrices = {}, {}
-    for key, weights in model.zero_shot_weights().items():
-        truth, predicted = torch.cat(labels[key]), zero_shot_predict(images, weights)
-        results[f"zero_shot/{key}"] = float((predicted == truth).float().mean())
-        matrices[key] = confusion(predicted, truth, len(zero_shot[key]["classes"])).cpu()
-    if joint is not None:
-        for key, predicted in model.joint_predict(images).items():
-            results[f"zero_shot_joint/{key}"] = float((predicted == torch.cat(labels[key])).float().mean())
+    for name, predicted in model.zero_shot_predictions(images).items():
+        kind, key = name.split("/")
+        truth = torch.cat(labels[key])
+        results[name] = float((predicted == truth).float().mean())
+        if kind == "zero_shot":
+            matrices[key] = confusion(predicted, truth, len(model.zero_shot[key]["classes"])).cpu()
     results.update(retrieval_recall(images, texts, captions))
     return results, matrices
 

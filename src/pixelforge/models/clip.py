@@ -103,9 +103,8 @@ class CLIP(L.LightningModule):
         loss, accuracy = clip_loss(images, captions, self.logit_scale)
         self.log_dict({f"{split}/loss": loss, f"{split}/acc": accuracy}, prog_bar=True, sync_dist=True,
                       batch_size=len(batch["image"]))
-        judged = set(self.zero_shot) | set(self.zero_shot_joint["labels"] if self.zero_shot_joint else ())
         self.outputs.append({"image": images, "text": captions, "caption": list(batch[self.caption_key]),
-                             **{key: batch[key] for key in judged}})
+                             **{key: batch[key] for key in self.judged}})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluation_step(batch, "val")
@@ -119,10 +118,26 @@ class CLIP(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_evaluation("test")
 
+    @property
+    def judged(self) -> list[str]:
+        """The batch keys whose zero-shot accuracy is measured (``zero_shot``'s and ``zero_shot_joint``'s)."""
+        joint = self.zero_shot_joint["labels"] if self.zero_shot_joint else {}
+        return list(dict.fromkeys([*self.zero_shot, *joint]))
+
     def zero_shot_weights(self) -> dict[str, torch.Tensor]:
         """``{target: C,E class embeddings}`` from the prompts of ``zero_shot``."""
         return {key: class_weights(self.encode_text, spec["classes"], spec["templates"])
                 for key, spec in self.zero_shot.items()}
+
+    @torch.no_grad()
+    def zero_shot_predictions(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predicted classes of image embeddings: ``zero_shot/<target>`` from the averaged prompts of each class,
+        ``zero_shot_joint/<target>`` from the best whole prompt."""
+        out = {f"zero_shot/{key}": zero_shot_predict(image_features, weights)
+               for key, weights in self.zero_shot_weights().items()}
+        if self.zero_shot_joint is not None:
+            out.update({f"zero_shot_joint/{key}": value for key, value in self.joint_predict(image_features).items()})
+        return out
 
     def log_evaluation(self, split: str) -> None:
         """Retrieval recall and zero-shot accuracy over everything this split's batches gave."""
@@ -134,19 +149,14 @@ class CLIP(L.LightningModule):
         captions = [c for o in outputs for c in o["caption"]]
         log = {f"{split}/{name}": value for name, value in retrieval_recall(images, texts, captions).items()
                if name.endswith(("R@1", "R@5"))}
-        accuracies = []
-        for key, weights in self.zero_shot_weights().items():
-            labels = torch.cat([o[key] for o in outputs])
-            accuracies.append((zero_shot_predict(images, weights) == labels).float().mean())
-            log[f"{split}/zero_shot/{key}"] = accuracies[-1]
-        if accuracies:
-            log[f"{split}/zero_shot_acc"] = torch.stack(accuracies).mean()
-        if self.zero_shot_joint is not None:
-            joint = [(predicted == torch.cat([o[key] for o in outputs])).float().mean()
-                     for key, predicted in self.joint_predict(images).items()]
-            log.update({f"{split}/zero_shot_joint/{key}": value
-                        for key, value in zip(self.zero_shot_joint["labels"], joint, strict=True)})
-            log[f"{split}/zero_shot_joint_acc"] = torch.stack(joint).mean()
+        labels = {key: torch.cat([o[key] for o in outputs]) for key in self.judged}
+        accuracies = {name: (predicted == labels[name.split("/")[1]]).float().mean()
+                      for name, predicted in self.zero_shot_predictions(images).items()}
+        log.update({f"{split}/{name}": value for name, value in accuracies.items()})
+        for kind in ("zero_shot", "zero_shot_joint"):
+            values = [value for name, value in accuracies.items() if name.startswith(f"{kind}/")]
+            if values:
+                log[f"{split}/{kind}_acc"] = torch.stack(values).mean()
         self.log_dict(log, prog_bar=True, sync_dist=True)
 
     @torch.no_grad()

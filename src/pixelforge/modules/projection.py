@@ -3,7 +3,6 @@ keep what the loss would teach them to forget (colour, orientation) for the task
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -19,6 +18,3 @@ class ProjectionHead(nn.Sequential):
             blocks += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
         super().__init__(*blocks, nn.Linear(widths[-1], out_dim))
         self.out_features = out_dim
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return super().forward(features)
