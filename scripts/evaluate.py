@@ -7,7 +7,9 @@ add ELBO, KL and the importance-sampled negative log-likelihood in nats and bits
 ``sample``: DDPM, GAN, VAE prior): FID/KID on the features of a classifier this codebase trained on the same data,
 conditional accuracy, and seconds per image, for each ``--sampler NAME:STEPS`` and ``--scale`` given (diffusion) or
 once (other generators). Text-to-image runs are prompted with the split's captions and judged per attribute by the
-classifier (on the shapes ``heldout`` split: attribute combinations never seen in training).
+classifier (on the shapes ``heldout`` split: attribute combinations never seen in training); on the shapes set also
+by shape fidelity (``shape_fit``: the share of samples whose foreground fits an ideal render of the captioned shape,
+size and place with IoU >= 0.85; a grid of the worst fits is written beside ``--out``).
 
     python scripts/evaluate.py --ckpt logs/<ddpm run> --classifier logs/<classifier run> \\
         --sampler dpmpp:20 ddim:50 ddpm:1000 --scale 3 --n_samples 1000 --out results/ddpm.json
@@ -83,13 +85,18 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
     for setting in settings:
         kwargs: dict = {}
         row: dict = {}
+        tag = ""
         if setting is not None:
             (name, _, steps), scale = setting[0].partition(":"), setting[1]
             kwargs = {"sampler": name, "steps": int(steps) if steps else None, "scale": scale}
             row = {"sampler": name, "steps": kwargs["steps"], "scale": scale}
+            tag = f"_{name}{steps}_scale{scale:g}"
+        worst = Path(args.out).with_name(f"{Path(args.out).stem}_worst{tag}.png") if args.out else None
         start = time.perf_counter()
         results = evaluate_samples(model, extractor, dataset, key, args.n_samples, args.batch_size, seed=args.seed,
-                                   clip=clip, **kwargs)
+                                   clip=clip, worst_path=worst, **kwargs)
+        if worst is not None and "shape_fit" in results:
+            print(f"evaluate.py: wrote {worst} (the worst-fitting samples)")
         row.update(results)
         row["sec_per_image"] = (time.perf_counter() - start) / args.n_samples
         print(markdown([row]).splitlines()[-1], flush=True)

@@ -180,6 +180,8 @@ def test_evaluate_judges_prompts_per_attribute(runs: dict[str, Path], tmp_path: 
     for row in rows:
         assert {f"cond_acc/{key}" for key in ("shape", "color", "size", "position")} <= set(row)
         assert 0 <= row["cond_acc"] <= min(row[f"cond_acc/{key}"] for key in ("shape", "color", "size", "position"))
+        assert 0 <= row["shape_fit"] <= 1 and 0 <= row["shape_iou"] <= 1
+        assert (tmp_path / f"eval_worst_dpmpp2_scale{row['scale']:g}.png").stat().st_size > 0
 
 
 def test_the_python_api_draws_what_the_script_draws(runs: dict[str, Path], tmp_path: Path) -> None:

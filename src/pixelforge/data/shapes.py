@@ -124,33 +124,55 @@ def _round(x: float) -> int:
     return int(np.floor(x + 0.5))
 
 
-def render_shape(
-    shape: str, color: str, size_frac: float, center: tuple[float, float], image_size: int
-) -> np.ndarray:
-    """Draw one filled ``shape`` in pure ``color`` on black: a uint8 ``H,W,3`` array with no anti-aliasing.
-
-    ``size_frac`` is the side of the shape's bounding square and ``center = (x, y)`` its centre, both as
-    fractions of the image side. The bounding square is snapped to whole pixels (side and corner rounded) and
-    shifted inside the image if it would cross an edge; the shape is then cut by pixel-centre tests, so a
-    square fills its box, a circle is inscribed in it, and a triangle has its apex at the top-centre and the
-    bottom side as its base.
-    """
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; valid shapes are {', '.join(map(repr, SHAPES))}")
-    if color not in RGB:
-        raise ValueError(f"unknown color {color!r}; valid colors are {', '.join(map(repr, COLORS))}")
-    check_image_size(image_size)
+def shape_box(size_frac: float, center: tuple[float, float], image_size: int) -> tuple[int, int, int]:
+    """``(side, left, top)`` of the shape's bounding square in pixels: ``size_frac`` and ``center = (x, y)`` as
+    fractions of the image side, side and corner rounded, shifted inside the image if it would cross an edge."""
     side = min(max(_round(size_frac * image_size), 1), image_size)
     left = min(max(_round(center[0] * image_size - side / 2), 0), image_size - side)
     top = min(max(_round(center[1] * image_size - side / 2), 0), image_size - side)
+    return side, left, top
+
+
+def shape_mask(shape: str, side: int) -> np.ndarray:
+    """The filled ``shape`` in a ``side x side`` box as a bool array, cut by exact pixel-centre tests: a square
+    fills its box, a circle is inscribed in it, a triangle has its apex at the top-centre and the bottom as base."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; valid shapes are {', '.join(map(repr, SHAPES))}")
     # Twice the pixel-centre offset from the box centre, so every test below is exact integer arithmetic.
     offset = 2 * np.arange(side) + 1 - side
     if shape == "square":
-        mask = np.ones((side, side), dtype=bool)
-    elif shape == "circle":
-        mask = offset[:, None] ** 2 + offset[None, :] ** 2 <= side**2
-    else:  # Row r (centre r + 0.5 below the apex) is r + 0.5 wide, centred on the box centre.
-        mask = np.abs(offset)[None, :] <= np.arange(side)[:, None]
+        return np.ones((side, side), dtype=bool)
+    if shape == "circle":
+        return offset[:, None] ** 2 + offset[None, :] ** 2 <= side**2
+    return np.abs(offset)[None, :] <= np.arange(side)[:, None]  # row r (centre r + 0.5 below the apex): r + 0.5 wide
+
+
+def placements(size: str, position: str, image_size: int) -> list[tuple[int, int, int]]:
+    """Every ``(side, left, top)`` box the dataset can draw for a ``size`` and ``position`` name: the sides its
+    size range rounds to, and the corners its jittered centres round to, at each side."""
+    if size not in SIZE_RANGES or position not in POSITION_CENTERS:
+        raise ValueError(f"unknown size {size!r} or position {position!r}; valid: {SIZES} and {POSITIONS}")
+    check_image_size(image_size)
+    lo, hi = SIZE_RANGES[size]
+    boxes = set()
+    for side in range(shape_box(lo, (0.5, 0.5), image_size)[0], shape_box(hi, (0.5, 0.5), image_size)[0] + 1):
+        corners = [range(_round((c - JITTER) * image_size - side / 2), _round((c + JITTER) * image_size - side / 2) + 1)
+                   for c in POSITION_CENTERS[position]]
+        boxes.update((side, min(max(x, 0), image_size - side), min(max(y, 0), image_size - side))
+                     for x in corners[0] for y in corners[1])
+    return sorted(boxes)
+
+
+def render_shape(
+    shape: str, color: str, size_frac: float, center: tuple[float, float], image_size: int
+) -> np.ndarray:
+    """Draw one filled ``shape`` in pure ``color`` on black: a uint8 ``H,W,3`` array with no anti-aliasing, the
+    box from ``shape_box`` and the shape in it from ``shape_mask``."""
+    if color not in RGB:
+        raise ValueError(f"unknown color {color!r}; valid colors are {', '.join(map(repr, COLORS))}")
+    check_image_size(image_size)
+    side, left, top = shape_box(size_frac, center, image_size)
+    mask = shape_mask(shape, side)
     image = np.zeros((image_size, image_size, 3), dtype=np.uint8)
     image[top:top + side, left:left + side][mask] = RGB[color]
     return image

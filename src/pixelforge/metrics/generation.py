@@ -9,9 +9,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pixelforge.data.shapes import ShapesDataset
 from pixelforge.metrics.clip import clip_features, clip_score
 from pixelforge.metrics.fid import cached_real_features, default_cache_dir, extract, fid, kid
+from pixelforge.metrics.shape_fidelity import FIT_KEYS, THRESHOLD, shape_fidelity
 from pixelforge.protocols import AlignsText
+from pixelforge.utils.images import caption_images, grid, save_png
 
 
 def real_batches(dataset: Dataset, batch_size: int = 500) -> Iterable[torch.Tensor]:
@@ -56,6 +59,7 @@ def evaluate_samples(
     seed: int = 0,
     kid_subset_size: int = 500,
     clip: AlignsText | None = None,
+    worst_path: str | Path | None = None,
     **sample_kwargs,
 ) -> dict[str, float]:
     """Generate ``n_samples`` with ``model.sample`` and compare them to ``dataset`` on ``extractor`` features.
@@ -64,7 +68,9 @@ def evaluate_samples(
     its std), and for conditional models ``cond_acc`` (share of samples the extractor's classifier labels as
     requested; with several keys, all of them right) plus one per key. Text-conditioned models are prompted with
     the captions of drawn items and judged on those items' labels (e.g. the shapes attributes); with a ``clip`` run
-    also by its CLIP score against their prompts, and ``clip_fid``, FID on its image embeddings.
+    also by its CLIP score against their prompts, and ``clip_fid``, FID on its image embeddings. Samples of a
+    text-conditioned model of the shapes set also get ``shape_fit`` (see ``metrics.shape_fidelity``), and
+    ``worst_path`` a PNG grid of the worst-fitting ones with their IoU and prompt.
     """
     device = next(model.parameters()).device
     keys, prompt_key = judged_keys(model, extractor, dataset)
@@ -87,6 +93,12 @@ def evaluate_samples(
     results = {"fid": fid(real_features, fake_features), "kid": kid_mean, "kid_std": kid_std}
     if labels is not None and hasattr(extractor, "predict"):
         results.update(conditional_accuracy(extractor, fake, labels, keys, batch_size, device))
+    if prompts is not None and isinstance(dataset, ShapesDataset):
+        attributes, _ = dataset_conditions(dataset, n_samples, list(FIT_KEYS), seed=seed)
+        fidelity, iou = shape_fidelity(fake, dict(zip(FIT_KEYS, attributes.T, strict=True)))
+        results.update(fidelity)
+        if worst_path is not None:
+            save_worst(fake, iou, prompts, worst_path)
     if clip is not None:
         if prompts is not None:
             results["clip_score"] = clip_score(clip, fake, prompts, batch_size, device)
@@ -94,6 +106,15 @@ def evaluate_samples(
         results["clip_fid"] = fid(clip_features(clip, real, batch_size, device), clip_features(clip, fake, batch_size,
                                                                                             device))
     return results
+
+
+def save_worst(images: torch.Tensor, iou: torch.Tensor, prompts: list[str], path: str | Path, n: int = 32) -> None:
+    """PNG grid of the ``n`` samples with the lowest IoU, each captioned with its IoU and prompt (red below the
+    threshold)."""
+    order = iou.argsort()[:n].tolist()
+    texts = [f"{iou[i]:.2f} {prompts[i]}" for i in order]
+    colors = [(255, 80, 80) if iou[i] < THRESHOLD else (255, 255, 255) for i in order]
+    save_png(grid(caption_images(images[order], texts, colors), nrow=4), path)
 
 
 @torch.no_grad()
