@@ -29,8 +29,10 @@ def single_process(cfg: DictConfig) -> bool:
 
 
 def first_stage_overrides(cfg: DictConfig, experiment: str) -> list[str]:
-    """Overrides that train ``experiment`` as ``cfg`` would run: same log directory, seed and devices."""
+    """Overrides that train ``experiment`` as ``cfg`` would run: same log directory, seed, devices and threads."""
     overrides = ["train=true", f"experiment={experiment}", f"logdir={cfg.logdir}", f"seed={cfg.seed}"]
+    if cfg.get("threads") is not None:
+        overrides.append(f"threads={cfg.threads}")
     return overrides + [f"trainer.{key}={cfg.trainer[key]}" for key in DEVICE_KEYS if key in cfg.trainer]
 
 

@@ -15,13 +15,15 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pixelforge.banner import print_banner
 from pixelforge.callbacks.checkpointing import AtomicCheckpointIO
 from pixelforge.checkpoints import check_checkpoint
 from pixelforge.runs import FINISHED, model_config
+from pixelforge.stages import single_process
+from pixelforge.utils.threads import choose_threads, load_warning, usable_cores
 from pixelforge.validation import ConfigError, check_config
 
 RUN_DIR_ENV = "PIXELFORGE_RUN_DIR"
@@ -128,17 +130,40 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
         raise ConfigError.from_instantiation(error) from error
 
 
+def thread_choice(cfg: DictConfig) -> tuple[int, str] | None:
+    """(intra-op threads, why) for a one-process run (``utils.threads``); None under DDP, where Lightning divides
+    the cores among the processes itself. A bad ``threads`` is a ConfigError."""
+    if not single_process(cfg):
+        return None
+    try:
+        return choose_threads(cfg.get("threads"), int(OmegaConf.select(cfg, "data.num_workers") or 0))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def set_threads(threads: int, why: str) -> None:
+    """Use ``threads`` intra-op threads, say so and why, and warn when other jobs already load the cores."""
+    torch.set_num_threads(threads)
+    rank_zero_info(f"Threads: {threads} intra-op ({why}; threads=N overrides)")
+    if hasattr(os, "getloadavg") and (warning := load_warning(threads, usable_cores(), os.getloadavg()[0])):
+        rank_zero_warn(warning)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Train and/or test as ``cfg`` says; returns the test metrics (empty when not testing)."""
+    """Train and/or test as ``cfg`` says; returns the test metrics (empty when not testing). The intra-op thread
+    count is the run's own: the process gets its own back when the run ends."""
     check_runnable(cfg)
     check_config(cfg)
     datamodule = build_datamodule(cfg)
+    choice, threads = thread_choice(cfg), torch.get_num_threads()
     new = not cfg.run_dir and not is_child_process()
     run_dir = make_run_dir(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     L.seed_everything(cfg.seed, workers=True)
     try:
+        if choice:
+            set_threads(*choice)
         try:
             trainer = build_trainer(cfg, run_dir)
             model = build_model(cfg, trainer)
@@ -166,5 +191,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
             pdb.post_mortem(sys.exc_info()[2])
         raise
     finally:
+        torch.set_num_threads(threads)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
