@@ -1,24 +1,54 @@
-"""Smoke test of scripts/benchmark.py: --quick without peers runs every case and writes well-formed records."""
+"""Smoke test of scripts/benchmark.py: --quick without peers runs every case and writes well-formed records, and the
+text case times the model a training run builds from the recipe."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from runner import script
+
+from pixelforge.cli import compose_config, parse
+from pixelforge.runs import model_config
+from pixelforge.train import build_model
 
 KEYS = {"case", "precision", "ours_ms", "peer", "peer_ms", "ratio", "ours_params", "peer_params", "ours_spread_ms",
         "ours_peak_mb"}
+RECIPE = "ldm_shapes_txt2img"
+
+
+def untrained_run(experiment: str, run_dir: Path) -> Path:
+    """A run directory of ``experiment`` with untrained weights: what ``main.py -t`` would reuse, without training."""
+    cfg = compose_config(*parse([f"experiment={experiment}"]))
+    model = instantiate(model_config(cfg.model), _convert_="all")
+    for folder in ("configs", "checkpoints"):
+        (run_dir / folder).mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / "configs" / "config.yaml", resolve=True)
+    torch.save({"state_dict": model.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
+    return run_dir
+
+
+def training_unet(tmp_path: Path) -> torch.nn.Module:
+    """The U-Net of the recipe's model as ``train.run`` builds it, its first stage a run of the first-stage recipe."""
+    first_stage = compose_config(*parse([f"experiment={RECIPE}"])).model.first_stage.experiment
+    run_dir = untrained_run(first_stage, tmp_path / "first_stage")
+    cfg = compose_config(*parse([f"experiment={RECIPE}", f"model.first_stage.run={run_dir}"]))
+    return build_model(cfg, L.Trainer(accelerator="cpu", devices=1, logger=False)).unet
 
 
 def test_quick_benchmark_without_peers(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = script("benchmark.py", "--quick", "--no-peers", "--device", "cpu", "--out", str(out))
+    result = script("benchmark.py", "--quick", "--no-peers", "--device", "cpu", "--cases", "all", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "measuring pixelforge alone" in result.stdout
     records = json.loads(out.read_text())
     cases = {r["case"] for r in records}
-    assert {"text_train", "text_forward", "uncond_train", "utilisation", "data_shapes", "data_digits"} <= cases
+    assert {"text_train", "text_forward", "uncond_train", "utilisation", f"data_{RECIPE}", "sd_train",
+            "sd_forward"} <= cases
     assert any(case.startswith("sample_dpmpp") for case in cases) and any(c.startswith("sample_ddim") for c in cases)
     assert {r["precision"] for r in records} == {"fp32", "bf16"}
     for r in records:
@@ -29,3 +59,15 @@ def test_quick_benchmark_without_peers(tmp_path: Path) -> None:
     assert sampling["ours_s_per_image"] > 0 and "ours_overhead_pct_of_step" in sampling
     utilisation = next(r for r in records if r["case"] == "utilisation")
     assert utilisation["ours_flops_per_step"] > 0 and utilisation["matmul_gflops"] > 0
+
+    # the text case's model is the recipe's: coordinate maps as 2 extra inputs, the U-Net a training run builds
+    text = next(r for r in records if r["case"] == "text_train")
+    unet = training_unet(tmp_path)
+    assert text["model"] == RECIPE and text["in_channels"] == unet.config["in_channels"] == 6
+    assert text["ours_params"] == sum(p.numel() for p in unet.parameters())
+
+
+def test_unknown_experiment_is_refused() -> None:
+    result = script("benchmark.py", "--experiment", "no_such_recipe")
+    assert result.returncode == 2
+    assert "no_such_recipe" in result.stderr and RECIPE in result.stderr
