@@ -70,7 +70,7 @@ def test_txt2img_numbers_outputs_on_and_records_every_image(runs: dict[str, Path
     assert [r["prompt"] for r in rows[4:]] == ["a large red circle in the center",
                                                "a small green triangle at the bottom", "red"]
     assert all(r["seed"] == 8 and r["eta"] == 0.5 and r["grid"] == "grid-0001.png" for r in rows[4:])
-    assert {(r["steps"], r["scale"], r["H"], r["W"]) for r in rows} == {(2, 5.0, 16, 16)}
+    assert {(r["steps"], r["scale"], r["H"], r["W"]) for r in rows} == {(2, 3.0, 16, 16)}  # the recipe's scale
     lines = (out / "prompts.txt").read_text().splitlines()
     assert lines[0] == "samples/00000.png\ta small blue square in the top left"
     assert lines[-1] == "samples/00006.png\tred"
