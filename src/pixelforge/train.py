@@ -132,8 +132,12 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 def thread_choice(cfg: DictConfig) -> tuple[int, str] | None:
     """(intra-op threads, why) for a one-process run (``utils.threads``); None under DDP, where Lightning divides
-    the cores among the processes itself. A bad ``threads`` is a ConfigError."""
-    if not single_process(cfg):
+    the cores among the processes itself, and for a device spec the trainer will refuse by name. A bad ``threads``
+    is a ConfigError."""
+    try:
+        if not single_process(cfg):
+            return None
+    except (TypeError, ValueError):  # e.g. trainer.devices=abc
         return None
     try:
         return choose_threads(cfg.get("threads"), int(OmegaConf.select(cfg, "data.num_workers") or 0))
