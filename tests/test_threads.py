@@ -3,6 +3,9 @@ run, and a bad value refused before a run directory exists."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import torch
 
 from pixelforge.cli import compose_config, main, parse
 from pixelforge.train import run
-from pixelforge.utils.threads import choose_threads, load_warning, usable_cores
+from pixelforge.utils.threads import busy_warning, choose_threads, other_runnable, usable_cores
 
 TINY = ["experiment=classifier_cnn_digits", "callbacks.progress_bar=null", "callbacks.model_summary=null",
         "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_steps=1",
@@ -29,9 +32,21 @@ def test_the_choice_follows_cores_workers_and_overrides() -> None:
 
 
 def test_a_busy_machine_is_named_an_idle_one_is_not() -> None:
-    assert load_warning(2, 2, load=0.4) is None  # this process's own start-up
-    assert "load average is 2.1 on 2 cores" in load_warning(2, 2, load=2.1)
-    assert load_warning(1, 2, load=1.9) is None  # one thread beside one other 2-thread job fits
+    assert busy_warning(2, 2, others=0) is None
+    assert "2 thread(s) of other jobs are running on these 2 cores" in busy_warning(2, 2, others=2)
+    assert busy_warning(1, 2, others=1) is None  # one thread beside one other thread fits
+    assert other_runnable() is None or other_runnable() >= 0
+
+
+def test_a_busy_core_is_seen() -> None:
+    if other_runnable() is None:
+        pytest.skip("no /proc/loadavg")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert other_runnable() >= 1  # the spinner is always runnable; this reader is not counted
+    finally:
+        spinner.kill()
 
 
 def test_a_run_uses_logs_and_gives_back_its_threads(tmp_path: Path, caplog, monkeypatch) -> None:

@@ -23,7 +23,7 @@ from pixelforge.callbacks.checkpointing import AtomicCheckpointIO
 from pixelforge.checkpoints import check_checkpoint
 from pixelforge.runs import FINISHED, model_config
 from pixelforge.stages import single_process
-from pixelforge.utils.threads import choose_threads, load_warning, usable_cores
+from pixelforge.utils.threads import busy_warning, choose_threads, other_runnable, usable_cores
 from pixelforge.validation import ConfigError, check_config
 
 RUN_DIR_ENV = "PIXELFORGE_RUN_DIR"
@@ -149,7 +149,8 @@ def set_threads(threads: int, why: str) -> None:
     """Use ``threads`` intra-op threads, say so and why, and warn when other jobs already load the cores."""
     torch.set_num_threads(threads)
     rank_zero_info(f"Threads: {threads} intra-op ({why}; threads=N overrides)")
-    if hasattr(os, "getloadavg") and (warning := load_warning(threads, usable_cores(), os.getloadavg()[0])):
+    others = other_runnable()
+    if others is not None and (warning := busy_warning(threads, usable_cores(), others)):
         rank_zero_warn(warning)
 
 

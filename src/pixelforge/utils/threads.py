@@ -8,7 +8,9 @@ process may use) knows neither. ``threads=N`` or ``OMP_NUM_THREADS`` overrides t
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 
 
 def usable_cores() -> int:
@@ -29,9 +31,24 @@ def choose_threads(requested: int | None, workers: int, environ: Mapping[str, st
     return max(1, cores - workers), f"{cores} usable cores - {workers} loader workers"
 
 
-def load_warning(threads: int, cores: int, load: float) -> str | None:
-    """A warning when the machine's 1-minute ``load`` already fills the cores that ``threads`` would share."""
-    if load + threads <= cores + 1:
+def other_runnable(samples: int = 5, interval: float = 0.01) -> int | None:
+    """Runnable threads of other processes on the machine now (Linux ``/proc/loadavg``, less this reader): the
+    fewest over a few samples, so a busy job counts and a passing blip does not. None where it cannot be read.
+    The load average would count this process's own earlier work, e.g. the first stage before the LDM."""
+    counts = []
+    for _ in range(samples):
+        try:
+            running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+        except (OSError, IndexError):
+            return None
+        counts.append(int(running) - 1)
+        time.sleep(interval)
+    return max(0, min(counts))
+
+
+def busy_warning(threads: int, cores: int, others: int) -> str | None:
+    """A warning when ``others`` runnable threads of other jobs and this run's ``threads`` oversubscribe ``cores``."""
+    if others + threads <= cores:
         return None
-    return (f"the load average is {load:.1f} on {cores} cores: other jobs share them, and {threads} threads each "
-            f"wait for the slowest; with two jobs on two cores give each threads=1 (or OMP_NUM_THREADS=1)")
+    return (f"{others} thread(s) of other jobs are running on these {cores} cores: with {threads} more, threads wait "
+            f"for each other; with two jobs on two cores give each threads=1 (or OMP_NUM_THREADS=1)")
