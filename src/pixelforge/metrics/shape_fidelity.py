@@ -36,12 +36,17 @@ def ideal_masks(shape: int, size: int, position: int, image_size: int) -> torch.
     return masks
 
 
+def require(labels: Mapping[str, torch.Tensor], keys: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the ``keys`` that ``labels`` lacks."""
+    missing = [key for key in keys if key not in labels]
+    if missing:
+        raise ValueError(f"shape fidelity needs the labels {FIT_KEYS}; missing {missing}")
+
+
 def fit_iou(images: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """``B,S`` best IoU of each image's foreground with an ideal render of each of the ``S`` shapes at its
     ``size``/``position`` labels (index tensors of length ``B``; a ``shape`` label is not needed here)."""
-    missing = [key for key in FIT_KEYS[1:] if key not in labels]
-    if missing:
-        raise ValueError(f"shape fidelity needs the labels {FIT_KEYS}; missing {missing}")
+    require(labels, FIT_KEYS[1:])
     masks = foreground(images)
     scores = torch.empty(len(images), len(SHAPES))
     for i, mask in enumerate(masks):
@@ -55,8 +60,7 @@ def shape_fidelity(images: torch.Tensor, labels: Mapping[str, torch.Tensor],
                    threshold: float = THRESHOLD) -> tuple[dict[str, float], torch.Tensor]:
     """(``shape_fit``: share of images that fit their captioned shape, ``shape_fit/<shape>`` per captioned shape
     and ``shape_iou`` the mean IoU with the captioned shape; the ``B`` IoUs with it)."""
-    if "shape" not in labels:
-        raise ValueError(f"shape fidelity needs the labels {FIT_KEYS}; missing ['shape']")
+    require(labels, FIT_KEYS)
     scores = fit_iou(images, labels)
     wanted = torch.as_tensor(labels["shape"]).long()
     iou = scores.gather(1, wanted[:, None])[:, 0]
