@@ -6,9 +6,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pixelforge.data.base import SPLITS, build_transform
+from pixelforge.data.fields import WithField
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 
@@ -64,6 +66,20 @@ class ImageDataModule(L.LightningDataModule):
                                  f"{channels}-channel images; set data.channels={channels}")
             self.splits[split] = dataset
         return self.splits[split]
+
+    def random_training_options(self) -> list[str]:
+        """The ``data.transform`` settings that make a training image differ from step to step (none: item ``i``
+        is the same image every epoch, so what is computed from it can be computed once)."""
+        options = {"flip": False, "crop": "center", "translate": 0.0, "rotate": 0.0, **self.transform}
+        random = [f"flip={options['flip']}" if options["flip"] else "",
+                  f"crop={options['crop']}" if options["crop"] == "random" and options.get("resize", True) else "",
+                  f"translate={options['translate']}" if options["translate"] > 0 else "",
+                  f"rotate={options['rotate']}" if options["rotate"] > 0 else ""]
+        return [f"data.transform.{option}" for option in random if option]
+
+    def attach(self, split: str, key: str, values: torch.Tensor) -> None:
+        """From now on item ``i`` of ``split`` also carries ``values[i]`` under ``key`` (one row per item)."""
+        self.splits[split] = WithField(self.build(split), key, values)
 
     def setup(self, stage: str | None = None) -> None:
         for split in STAGE_SPLITS.get(stage, SPLITS):

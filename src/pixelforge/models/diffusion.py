@@ -249,6 +249,22 @@ class DiffusionModel(L.LightningModule):
         """Scaled latents ``scale_factor · encode(images)`` of images in [-1, 1]."""
         return self.scale_factor * self.first_stage.encode_latent(images, sample=sample, generator=generator)
 
+    def latent_cache_refusal(self) -> str | None:
+        """Why the training images' latents cannot be computed once and reused (``LatentCache``), or None."""
+        if isinstance(self.first_stage, IdentityFirstStage):
+            return "pixel diffusion (model.first_stage null) has no first stage whose latents could be cached"
+        if self.sample_posterior and self.first_stage.double_z:
+            return ("model.sample_posterior=true draws a new posterior sample at every step, which a cache would "
+                    "freeze; set model.sample_posterior=false to diffuse the posterior means")
+        return None
+
+    def batch_latents(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The batch's scaled latents: its cached first-stage latents (``LatentCache``'s ``latent``) when it has
+        them, else its images encoded now."""
+        if "latent" in batch:
+            return self.scale_factor * batch["latent"]
+        return self.encode(batch["image"], sample=self.sample_posterior)
+
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from scaled latents, ``decode_slice`` latents at a time when set (the decoder's
@@ -315,7 +331,7 @@ class DiffusionModel(L.LightningModule):
         """Per-sample diffusion loss at random timesteps, and those timesteps; ``drop`` applies the conditions'
         ``ucg_rate`` (training)."""
         unet, conditioner = self.networks(use_ema)
-        x0 = self.encode(batch["image"], sample=self.sample_posterior)
+        x0 = self.batch_latents(batch)
         t = torch.randint(0, self.schedule.num_timesteps, (len(x0),), device=x0.device)
         if self.offset_noise_strength > 0:
             noise = offset_noise(x0.shape, self.offset_noise_strength, device=x0.device).to(x0.dtype)
