@@ -45,7 +45,8 @@ def clip_run(tmp_path: Path) -> Path:
 def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
     """Overrides that point a recipe needing downloaded or user data at tiny data written here (once: a latent
     diffusion recipe and its first stage share it), one fine-tuning released weights at a tiny random file, and one
-    whose text encoder is our own CLIP at a two-step CLIP run."""
+    whose text encoder is our own CLIP at a two-step CLIP run, and a recipe caching its latents at 64 training
+    items."""
     weights = []
     if cfg.model._target_.endswith("stable_diffusion.pretrained"):
         ckpt = tmp_path / "sd" / "model.safetensors"
@@ -54,6 +55,8 @@ def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
         weights = [f"model.ckpt={ckpt}", *sd_tiny.overrides()]
     if str(OmegaConf.select(cfg, "model.conditioner.caption.encoder._target_")).endswith("frozen_text_tower"):
         weights = [f"model.conditioner.caption.encoder.run={clip_run(tmp_path)}"]
+    if OmegaConf.select(cfg, "callbacks.latent_cache"):  # it encodes the whole training split before step one
+        weights.append("data.dataset.num_samples.train=64")
     target = cfg.data.dataset._target_
     if target.endswith("TorchvisionDataset"):
         root = tmp_path / "data" / cfg.data.dataset.name

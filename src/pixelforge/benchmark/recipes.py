@@ -82,9 +82,15 @@ def first_batch(datamodule: L.LightningDataModule, device: torch.device) -> dict
 
 
 def recipe(experiment: str, overrides: Sequence[str], device: torch.device) -> Subject:
-    """The experiment's model and its first training batch, both on ``device``."""
-    model, datamodule = build(compose(experiment, overrides, device))
-    return Subject(experiment, model.to(device), first_batch(datamodule, device))
+    """The experiment's model and its first training batch, both on ``device``; where the recipe caches its latents
+    (``callbacks.latent_cache``) the batch carries them, so its training step skips the encoder as training does."""
+    cfg = compose(experiment, overrides, device)
+    model, datamodule = build(cfg)
+    model, batch = model.to(device), first_batch(datamodule, device)
+    if OmegaConf.select(cfg, "callbacks.latent_cache"):
+        with torch.no_grad():
+            batch["latent"] = model.first_stage.encode_latent(batch["image"])
+    return Subject(experiment, model, batch)
 
 
 def stable_diffusion_model(version: str, toy: bool, batch_size: int, device: torch.device) -> Subject:
