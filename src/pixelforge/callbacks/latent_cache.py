@@ -42,9 +42,9 @@ class LatentCache(L.Callback):
         datamodule = trainer.datamodule
         if refusal is None and not hasattr(datamodule, "attach"):
             refusal = f"the datamodule {type(datamodule).__name__} cannot attach latents to its items"
-        if refusal is None and datamodule.random_training_options():
-            refusal = (f"{', '.join(datamodule.random_training_options())} changes the training images at every "
-                       "step, so their latents cannot be computed once")
+        if refusal is None and (random := datamodule.random_training_options()):
+            refusal = (f"{', '.join(random)} changes the training images at every step, so their latents cannot "
+                       "be computed once")
         if refusal is not None:
             raise ValueError(f"callbacks.latent_cache: {refusal} (or set callbacks.latent_cache=null)")
         dataset = datamodule.build("train")
