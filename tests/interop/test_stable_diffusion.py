@@ -126,6 +126,21 @@ def test_half_precision_weights_sample_what_full_precision_samples(single_file) 
         text_to_image(half, [PROMPT], latents=latents, sampler="ddim", steps=5)
 
 
+def test_loading_builds_no_weights_of_its_own_and_reads_straight_into_the_dtype_asked(single_file) -> None:
+    """The model is built with its parameters on the meta device and takes the file's tensors as its weights: loading
+    draws no random numbers (nothing is initialised only to be overwritten), and ``dtype=bf16`` gives the weights of
+    a float32 load halved, with no float32 copy in between."""
+    _, path = single_file
+    rng = torch.random.get_rng_state()
+    full = sd.load(path, overrides=TINY)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    half = sd.load(path, overrides=TINY, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert half.schedule.alphas_cumprod.dtype == torch.float32
+    reference = full.weights_to(torch.bfloat16).state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in half.state_dict().items())
+
+
 def test_convert_script_rewrites_a_ckpt_as_safetensors_and_refuses_other_architectures(
         single_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import runpy

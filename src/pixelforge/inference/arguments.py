@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from pixelforge.diffusion.samplers import SAMPLERS
-from pixelforge.inference.devices import PRECISIONS, half_dtype
+from pixelforge.inference.devices import PRECISIONS, best_device, half_dtype
 from pixelforge.inference.text_to_image import (
     InferenceError,
     default_options,
@@ -137,12 +137,15 @@ def apply_lora(model: Any, path: str, scale: float) -> None:
 
 def load_model(args: argparse.Namespace) -> Any:
     """The model the flags name, with ``--ddim_steps`` and ``--scale`` filled in from it when left out."""
-    model = load_text_model(args.ckpt, args.config, device_of(args), args.C, args.f, args.sd_version, args.use_ema,
-                            args.unsafe)
+    device = device_of(args) or best_device()
+    half = half_dtype(device) if args.precision == "half" else None
+    # a LoRA file merges into float32 weights, which are then halved
+    model = load_text_model(args.ckpt, args.config, device, args.C, args.f, args.sd_version, args.use_ema,
+                            args.unsafe, dtype=None if args.lora else half)
     if args.lora:
         apply_lora(model, args.lora, args.lora_scale)
-    if args.precision == "half":
-        model.weights_to(half_dtype(model.device))
+        if half is not None:
+            model.weights_to(half)
     defaults = default_options(model)
     args.ddim_steps = defaults["steps"] if args.ddim_steps is None else args.ddim_steps
     args.scale = defaults["scale"] if args.scale is None else args.scale

@@ -44,16 +44,20 @@ def is_single_file(ckpt: str | Path, config: str | Path | None = None) -> bool:
 
 def load_text_model(ckpt: str | Path, config: str | Path | None = None, device: str | torch.device | None = None,
                     channels: int | None = None, factor: int | None = None, sd_version: str | None = None,
-                    use_ema: bool = True, unsafe: bool = False) -> DiffusionModel:
+                    use_ema: bool = True, unsafe: bool = False, dtype: torch.dtype | None = None) -> DiffusionModel:
     """The text-conditioned run at ``ckpt`` on ``device`` (default: the best here), or a Stable Diffusion single
     file or diffusers folder (of ``sd_version`` or the one it says; ``use_ema`` picks its EMA weights, ``unsafe``
     allows a full pickle), checked to have the latent ``channels`` and first-stage ``factor`` given (CompVis's
-    ``--C`` and ``--f``; None: the model's)."""
+    ``--C`` and ``--f``; None: the model's). ``dtype`` (fp16/bf16) keeps the weights in it; a Stable Diffusion
+    file is read straight into it, so the weights are never held in float32."""
     try:
         if is_single_file(ckpt, config) or is_diffusers_folder(ckpt):
-            model = stable_diffusion.load(ckpt, sd_version, use_ema=use_ema, unsafe=unsafe)
+            model = stable_diffusion.load(ckpt, sd_version, use_ema=use_ema, unsafe=unsafe,
+                                          dtype=dtype or torch.float32)
         else:
             _, model = load_run(ckpt, config)
+            if dtype is not None:
+                model.weights_to(dtype)
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise InferenceError(str(error).strip("'\"")) from None
     if not (isinstance(model, DiffusionModel) and model.text_conditioned):

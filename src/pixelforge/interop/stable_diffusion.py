@@ -34,6 +34,7 @@ from pixelforge.models.diffusion import DiffusionModel
 from pixelforge.modules.encoders.clip_bpe import VOCAB_SIZE, clip_tokenizer
 from pixelforge.modules.encoders.huggingface import FrozenTextTower, text_transformer
 from pixelforge.modules.lora import add_lora
+from pixelforge.utils.meta import meta_parameters, parameters_on_meta
 
 # version -> (config under configs/model/sd/, the keys that differ from it)
 VERSIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -215,44 +216,58 @@ def state_key(state: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     return state[key] if key in state else state["text_model." + key]
 
 
-def load_text_weights(tower: FrozenTextTower, weights: Mapping[str, torch.Tensor]) -> None:
+def load_text_weights(tower: FrozenTextTower, weights: Mapping[str, torch.Tensor],
+                      dtype: torch.dtype = torch.float32) -> None:
     """Fill the tower's model strictly; ``text_model.`` prefixes follow the installed transformers' naming."""
     prefix = "text_model." if any(key.startswith("text_model.") for key in tower.model.state_dict()) else ""
     load_strict(tower.model, {prefix + key.removeprefix("text_model."): value for key, value in weights.items()},
-                "the text tower")
+                "the text tower", dtype)
 
 
-def load_strict(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict(strict=True)``, with missing and unexpected keys named in a CheckpointError."""
-    missing, unexpected = module.load_state_dict(weights, strict=False)
+def load_strict(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str,
+                dtype: torch.dtype = torch.float32) -> None:
+    """Put the file's tensors (floating ones in ``dtype``) into ``module`` as its weights, strictly: missing and
+    unexpected keys are named in a CheckpointError. The tensors are assigned, not copied into the module's own, so
+    a module built with ``parameters_on_meta`` never holds a second set of weights."""
+    weights = {key: value.to(dtype) if value.is_floating_point() else value for key, value in weights.items()}
+    missing, unexpected = module.load_state_dict(weights, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(f"{what} does not fit the file: missing {missing[:8]} ({len(missing)}), "
                               f"unexpected {unexpected[:8]} ({len(unexpected)})")
 
 
-def load_weights(model: DiffusionModel, state: Mapping[str, torch.Tensor], use_ema: bool = True) -> DiffusionModel:
-    """Fill ``model`` (Stable Diffusion's architecture) strictly from a single file's tensors."""
+def load_weights(model: DiffusionModel, state: Mapping[str, torch.Tensor], use_ema: bool = True,
+                 dtype: torch.dtype = torch.float32) -> DiffusionModel:
+    """Fill ``model`` (Stable Diffusion's architecture, its weights random or on the meta device) strictly from a
+    single file's tensors, the weights in ``dtype``."""
     parts = split(state, use_ema)
     check_schedule(state, model)
-    load_strict(model.unet, unet_from_compvis(parts["unet"]), "the U-Net")
+    load_strict(model.unet, unet_from_compvis(parts["unet"]), "the U-Net", dtype)
     if model.ema is not None:
-        model.ema.module["unet"].load_state_dict(model.unet.state_dict())
+        load_strict(model.ema.module["unet"], {k: v.clone() for k, v in model.unet.state_dict().items()},
+                    "the EMA U-Net", dtype)
     ddconfig = model.first_stage.hparams["ddconfig"]
     vae = vae_from_compvis(parts["vae"], len(ddconfig["ch_mult"]), ddconfig["num_res_blocks"])
-    load_strict(model.first_stage, {**vae, "batches_seen": model.first_stage.batches_seen}, "the autoencoder")
-    text = parts["clip"] or openclip_to_transformers(parts["openclip"])
-    load_text_weights(model.conditioner.embedders["caption"].encoder, text)
-    return model
+    load_strict(model.first_stage, {**vae, "batches_seen": model.first_stage.batches_seen}, "the autoencoder", dtype)
+    tower = model.conditioner.embedders["caption"].encoder
+    load_text_weights(tower, parts["clip"] or openclip_to_transformers(parts["openclip"]), dtype)
+    empty = meta_parameters(model) + meta_parameters(tower.model)
+    if empty:
+        raise CheckpointError(f"the file left {len(empty)} weight(s) unfilled: {empty[:8]}")
+    return model.weights_to(dtype) if dtype != torch.float32 else model
 
 
 def load(path: str | Path, version: str | None = None, use_ema: bool = True,
-         overrides: Mapping[str, Any] | None = None, unsafe: bool = False) -> DiffusionModel:
+         overrides: Mapping[str, Any] | None = None, unsafe: bool = False,
+         dtype: torch.dtype = torch.float32) -> DiffusionModel:
     """The Stable Diffusion single file (or diffusers pipeline folder) at ``path`` as a pixelforge
     ``DiffusionModel`` (eval mode).
 
     ``version`` (v1, v2, v2-v) is read from the file's keys (a folder's configs) when not given, except that a
     768-v single file needs ``v2-v``; ``use_ema`` takes the U-Net's EMA weights when the file has them (CompVis's
-    ``--no-ema`` is ``use_ema=False``).
+    ``--no-ema`` is ``use_ema=False``). The model is built with its parameters on the meta device and takes the
+    file's tensors as its weights (in ``dtype``): no random initialisation, and no second copy of the weights in
+    memory.
     """
     if is_diffusers_folder(path):
         state, folder_overrides, found = read_folder(path)
@@ -260,7 +275,9 @@ def load(path: str | Path, version: str | None = None, use_ema: bool = True,
     else:
         state = read_state_dict(path, unsafe)
         found = detect_version(state)
-    return load_weights(build(version or found, overrides), state, use_ema).eval()
+    with parameters_on_meta():
+        model = build(version or found, overrides)
+    return load_weights(model, state, use_ema, dtype).eval()
 
 
 def pretrained(ckpt: str, use_ema: bool = True, unsafe: bool = False, lora: Mapping[str, Any] | None = None,
@@ -271,7 +288,9 @@ def pretrained(ckpt: str, use_ema: bool = True, unsafe: bool = False, lora: Mapp
     weights). With ``lora`` (``{rank, alpha, dropout, text_encoder}``) only adapters on the U-Net's attention
     projections (and with ``text_encoder: true`` the text tower's) train (``sd_lora``)."""
     state = read_folder(ckpt)[0] if is_diffusers_folder(ckpt) else read_state_dict(ckpt, unsafe)
-    built = load_weights(DiffusionModel(**model), state, use_ema)
+    with parameters_on_meta():  # the U-Net and its EMA copy: Hydra has built the first stage and conditioner
+        built = DiffusionModel(**model)
+    built = load_weights(built, state, use_ema)
     if lora is not None:
         if built.ema is not None:
             raise ValueError("LoRA fine-tuning averages nothing: set model.ema=null (the adapters are small and "
