@@ -14,6 +14,7 @@ from test_latent_diffusion import tiny_ldm
 from pixelforge.callbacks.latent_cache import LatentCache
 from pixelforge.data import ImageDataModule
 from pixelforge.data.shapes import ShapesDataset
+from pixelforge.data.shards import ShardStream, write_shards
 from pixelforge.modules.first_stage import IdentityFirstStage
 
 
@@ -65,3 +66,14 @@ def test_posterior_sampling_and_pixel_diffusion_are_refused(tmp_path: Path) -> N
     pixels = tiny_ldm(first_stage=IdentityFirstStage(3))
     with pytest.raises(ValueError, match="pixel diffusion"):
         fit(pixels, shapes(), tmp_path, cache=True)
+
+
+def test_a_streamed_training_split_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("webdataset")
+    for split in ("train", "val"):
+        write_shards(ShapesDataset(split, image_size=16, num_samples=24), str(tmp_path / f"{split}-%06d.tar"))
+    urls = {split: str(tmp_path / f"{split}-000000.tar") for split in ("train", "val")}
+    datamodule = ImageDataModule(lambda split, transform: ShardStream(urls, split, transform), batch_size=8,
+                                 image_size=16, transform={"resize": False})
+    with pytest.raises(ValueError, match="a streamed training split"):
+        fit(tiny_ldm(sample_posterior=False), datamodule, tmp_path, cache=True)

@@ -42,6 +42,8 @@ class LatentCache(L.Callback):
         datamodule = trainer.datamodule
         if refusal is None and not hasattr(datamodule, "attach"):
             refusal = f"the datamodule {type(datamodule).__name__} cannot attach latents to its items"
+        if refusal is None and datamodule.streamed("train"):
+            refusal = "a streamed training split (shards) has no item index to attach latents to"
         if refusal is None and (random := datamodule.random_training_options()):
             refusal = (f"{', '.join(random)} changes the training images at every step, so their latents cannot "
                        "be computed once")

@@ -7,10 +7,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
-from pixelforge.data.base import SPLITS, build_transform
+from pixelforge.data.base import SPLITS, Transform, build_transform
 from pixelforge.data.fields import WithField
+from pixelforge.data.shards import ShardStream
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 
@@ -56,16 +57,19 @@ class ImageDataModule(L.LightningDataModule):
     def build(self, split: str) -> Dataset:
         """The dataset of ``split`` with its transform (random augmentation on train only), built once."""
         if split not in self.splits:
-            options = dict(self.transform)
-            size = self.image_size if options.pop("resize", True) else None
-            transform = build_transform(size, train=split == "train", **options)
-            dataset = self.dataset(split=split, transform=transform)
+            dataset = self.dataset(split=split, transform=self.make_transform(train=split == "train"))
             channels = getattr(dataset, "channels", self.channels)
             if channels != self.channels:
                 raise ValueError(f"data.channels={self.channels}, but {type(dataset).__name__} gives "
                                  f"{channels}-channel images; set data.channels={channels}")
             self.splits[split] = dataset
         return self.splits[split]
+
+    def make_transform(self, train: bool) -> Transform:
+        """The configured image transform, with its random augmentation when ``train``."""
+        options = dict(self.transform)
+        size = self.image_size if options.pop("resize", True) else None
+        return build_transform(size, train=train, **options)
 
     def random_training_options(self) -> list[str]:
         """The ``data.transform`` settings that make a training image differ from step to step (none: item ``i``
@@ -85,10 +89,16 @@ class ImageDataModule(L.LightningDataModule):
         for split in STAGE_SPLITS.get(stage, SPLITS):
             self.build(split)
 
+    def streamed(self, split: str) -> bool:
+        """Whether ``split`` is a stream (shards) rather than indexed items."""
+        return isinstance(self.build(split), IterableDataset)
+
     def loader(self, split: str, shuffle: bool) -> DataLoader:
         """A DataLoader over ``split``; shuffled through a seeded DistributedSampler (also on one process)."""
         dataset = self.build(split)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        if isinstance(dataset, IterableDataset):
+            return self.stream_loader(dataset, shuffle, rank, world)
         sampler = None
         if shuffle or world > 1:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed,
@@ -103,6 +113,19 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle and self.drop_last and len(dataset) >= batch_size * world,
         )
+
+    def stream_loader(self, dataset: ShardStream, shuffle: bool, rank: int, world: int) -> DataLoader:
+        """A DataLoader over a shard stream, which deals its shards to the ranks and workers itself and shuffles
+        its training samples. Lightning calls ``set_epoch`` on a loader's sampler when an epoch starts; an iterable
+        dataset's loader has only a constant sampler, so that one passes the epoch, and the step it starts at, to
+        the stream. Workers start anew each epoch (not persistent), so they see it."""
+        dataset.distribute(rank, world)
+        loader = DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                            num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            drop_last=shuffle and self.drop_last)
+        trainer = self.trainer
+        loader.sampler.set_epoch = lambda epoch: dataset.set_position(epoch, trainer.global_step if trainer else 0)
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)
