@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     fields = [key for key in item if key not in ("image", "caption")]
     print("stream them with:\n  data=webdataset " + " ".join(streamed) +
           f" data.dataset.caption={str('caption' in item).lower()} data.dataset.fields=[{','.join(fields)}]"
-          f" data.image_size={datamodule.image_size} data.channels={datamodule.channels}")
+          f" data.image_size={datamodule.image_size} data.channels={datamodule.channels}" +
+          "".join(f" ++data.targets.{name}={classes}" for name, classes in datamodule.targets.items()))
     return 0
 
 
