@@ -29,3 +29,14 @@ class PoisonBatch(L.Callback):
         if self.seen == self.at:
             batch["image"].fill_(float("nan"))
         self.seen += 1
+
+
+class WeightsDigest(L.Callback):
+    """Writes ``<run dir>/digest-rank<global rank>.txt``, the sum of every weight, when training ends: the ranks
+    of a data-parallel run must agree on it."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = sum(float(p.double().sum()) for p in pl_module.parameters())
+        path = os.path.join(trainer.default_root_dir, f"digest-rank{trainer.global_rank}.txt")
+        with open(path, "w") as file:
+            file.write(f"{total!r} {trainer.global_step}\n")

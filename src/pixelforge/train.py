@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from pixelforge import launch
 from pixelforge.banner import print_banner
 from pixelforge.callbacks.checkpointing import AtomicCheckpointIO
 from pixelforge.checkpoints import check_checkpoint
@@ -38,12 +39,16 @@ def make_run_dir(cfg: DictConfig) -> Path:
     """``<logdir>/[debug_runs/]<YYYY-MM-DDTHH-MM-SS>_<name><postfix>``, made once and never shared.
 
     A second run started in the same second gets a ``-1``, ``-2`` ... suffix. The directory is published in
-    an environment variable that Lightning's DDP launcher passes to the other ranks, which reuse it.
+    an environment variable that Lightning's DDP launcher passes to the other ranks, which reuse it, and, in a
+    launch of several nodes, through the log directory (``launch``).
     """
     if cfg.run_dir:
         return Path(cfg.run_dir)
     if is_child_process():
         return Path(os.environ[RUN_DIR_ENV])
+    rank = launch.external_rank()
+    if rank:  # a process of a multi-node launch other than the first: rank 0 names the directory
+        return launch.receive(cfg.logdir)
     root = Path(cfg.logdir) / "debug_runs" if cfg.debug else Path(cfg.logdir)
     stem = f"{datetime.now():%Y-%m-%dT%H-%M-%S}_{cfg.name}{cfg.postfix or ''}"
     for attempt in itertools.count():
@@ -54,6 +59,8 @@ def make_run_dir(cfg: DictConfig) -> Path:
         except FileExistsError:
             continue
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    if rank == 0:
+        launch.publish(cfg.logdir, run_dir.resolve())
     return run_dir.resolve()
 
 
@@ -161,7 +168,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     datamodule = build_datamodule(cfg)
     choice, threads = thread_choice(cfg), torch.get_num_threads()
-    new = not cfg.run_dir and not is_child_process()
+    new = not cfg.run_dir and not is_child_process() and not launch.external_rank()
     run_dir = make_run_dir(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
@@ -197,5 +204,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise
     finally:
         torch.set_num_threads(threads)
+        if new and launch.external_rank() == 0:
+            launch.retract(cfg.logdir)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
