@@ -48,7 +48,9 @@ def make_run_dir(cfg: DictConfig) -> Path:
         return Path(os.environ[RUN_DIR_ENV])
     rank = launch.external_rank()
     if rank:  # a process of a multi-node launch other than the first: rank 0 names the directory
-        return launch.receive(cfg.logdir)
+        run_dir = launch.receive(cfg.logdir)
+        os.environ[RUN_DIR_ENV] = str(run_dir)  # for this node's own DDP children
+        return run_dir
     root = Path(cfg.logdir) / "debug_runs" if cfg.debug else Path(cfg.logdir)
     stem = f"{datetime.now():%Y-%m-%dT%H-%M-%S}_{cfg.name}{cfg.postfix or ''}"
     for attempt in itertools.count():
