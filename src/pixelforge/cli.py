@@ -202,9 +202,10 @@ def check_group_choices(overrides: Sequence[str]) -> None:
         if value is None or isinstance(value, dict):
             continue
         options = group_options(group)
-        if str(value) not in options:
-            own = " (a YAML file of your own goes through -b FILE)" if group == "experiment" else ""
-            raise CLIError(f"unknown config {group}/{value}: valid {group} options are {', '.join(options)}{own}")
+        for choice in value if isinstance(value, list) else [value]:  # logger=[default,csv] picks several
+            if str(choice) not in options:
+                own = " (a YAML file of your own goes through -b FILE)" if group == "experiment" else ""
+                raise CLIError(f"unknown config {group}/{choice}: valid {group} options are {', '.join(options)}{own}")
 
 
 def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictConfig:

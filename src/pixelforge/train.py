@@ -112,6 +112,21 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
                        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
 
 
+# logger config key -> the logger attribute holding the run it logs to (wandb's id, MLflow's run id)
+RUN_ID_KEYS = {"id": "version", "run_id": "run_id"}
+
+
+def pin_logger_runs(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Write the run id of each logger that names its run by one (wandb, MLflow) into the config that is saved,
+    so that ``-r`` continues the same logger run."""
+    configs = [c for c in (cfg.get("logger") or {}).values() if c is not None]
+    for logger_cfg, logger in zip(configs, trainer.loggers, strict=True):
+        for key, attribute in RUN_ID_KEYS.items():
+            if key in logger_cfg and logger_cfg[key] is None:
+                logger.experiment  # noqa: B018 - starts the logger's run, which gives it its id
+                logger_cfg[key] = getattr(logger, attribute)
+
+
 def checkpoint_to_test(cfg: DictConfig, trainer: L.Trainer) -> str | None:
     """Which weights to test: the given checkpoint, else the best one of this fit, else the current ones."""
     if not cfg.train:
@@ -185,11 +200,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if new:                              # keeps its saved config) and leaves no new run directory
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise ConfigError.from_instantiation(error) from error
+        if trainer.is_global_zero:
+            pin_logger_runs(cfg, trainer)
         save_config(cfg, run_dir)
         if trainer.is_global_zero:
             print_banner(cfg, run_dir, trainer, model)
-        for logger in trainer.loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if not cfg.resume:  # a resumed run's loggers have them already (and MLflow refuses changed values)
+            for logger in trainer.loggers:
+                logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if cfg.train:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path if cfg.resume else None,
                         weights_only=True)
