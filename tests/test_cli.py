@@ -180,13 +180,15 @@ def test_resume_rejects_group_swaps_and_tests_without_train(tmp_path: Path, caps
 
 
 def test_multirun_sweeps_into_one_parent_folder(tmp_path: Path) -> None:
-    argv = ["-m", "-t", "--no-test", "-l", str(tmp_path), *TINY, "trainer.max_steps=1", "data.batch_size=8,16"]
+    argv = ["-m", "-t", "--no-test", "-l", str(tmp_path), *TINY, "trainer.max_epochs=1", "data.batch_size=8,16"]
     assert main(argv) == 0
     (parent,) = (tmp_path / "multirun").iterdir()
-    runs = run_dirs(parent)
-    assert len(runs) == 2 and list(tmp_path.iterdir()) == [tmp_path / "multirun"]
-    sizes = sorted(OmegaConf.load(r / "configs" / "config.yaml").data.batch_size for r in runs)
-    assert sizes == [8, 16]
+    jobs = run_dirs(parent)  # one folder per job, each with its run and result.yaml
+    assert [job.name for job in jobs] == ["0", "1"] and list(tmp_path.iterdir()) == [tmp_path / "multirun"]
+    results = [OmegaConf.load(job / "result.yaml") for job in jobs]
+    sizes = [OmegaConf.load(Path(r.run_dir) / "configs" / "config.yaml").data.batch_size for r in results]
+    assert sizes == [8, 16] and [r.exit_code for r in results] == [0, 0]
+    assert all(r.monitor == "val/acc" and 0 <= r.best <= 1 for r in results)  # the monitored metric, per job
 
 
 def checkpoint_files(run_dir: Path) -> list[str]:

@@ -7,7 +7,7 @@ Modules that import torch or Lightning are imported inside the functions that ne
 from __future__ import annotations
 
 import argparse
-import itertools
+import functools
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -143,18 +144,6 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], allow_groups: boo
             OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
 
 
-def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
-    """Hydra sweep syntax (``a=1,2 b=range(3)``) -> the override lists of every combination, in order."""
-    axes = []
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
-        if override.is_sweep_override():
-            key = override.get_key_element()
-            axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            axes.append([override.input_line])
-    return [list(combination) for combination in itertools.product(*axes)]
-
-
 def find_resume(path: str) -> tuple[Path, Path]:
     """``-r`` target -> (run directory, checkpoint); accepts a run directory or a ``.ckpt`` inside one."""
     from pixelforge.runs import find_checkpoint
@@ -226,8 +215,11 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
             cfg.resume, cfg.run_dir, cfg.ckpt_path = str(run_dir), str(run_dir), str(ckpt)
         return cfg
     check_group_choices(overrides)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    if GlobalHydra.instance().is_initialized():  # a job of a -m sweep: Hydra is set up on the configs already
         cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     choices = cfg.hydra.runtime.choices
     with open_dict(cfg):
         del cfg["hydra"]
@@ -244,21 +236,62 @@ def compose_config(args: argparse.Namespace, overrides: Sequence[str]) -> DictCo
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``main.py``: parse, compose, then train and/or test through :func:`pixelforge.train.run`."""
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
-    if not args.multirun:
-        return run_one(args, overrides)
+    return multirun(args, overrides) if args.multirun else run_one(args, overrides)
+
+
+def multirun(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """``-m``: the sweep goes through Hydra's own sweeper and launcher (the basic ones: every combination of
+    ``key=a,b`` in turn; ``hydra/sweeper=optuna``, ``hydra/launcher=submitit_slurm`` ... as plugins), and each job
+    is ``run_one`` on its overrides: the CompVis flags, ``-b`` files, the plan and a run directory under
+    ``<logdir>/multirun/<now>/<job number>/``. A job returns its run's best monitored value (what a sweeper such as
+    Optuna minimises) and writes it to ``result.yaml`` beside its run."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+
+    parent = Path(args.logdir or "logs") / "multirun" / f"{datetime.now():%Y-%m-%dT%H-%M-%S}"
     try:
-        combinations = expand_sweeps(overrides)
-    except HydraException as error:
+        check_group_choices(overrides)
+    except CLIError as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
-    parent = Path(args.logdir or "logs") / "multirun" / f"{datetime.now():%Y-%m-%dT%H-%M-%S}"
-    args.logdir = str(parent)
-    for i, combination in enumerate(combinations):
-        print(f"[multirun {i + 1}/{len(combinations)}] {' '.join(combination)}", file=sys.stderr)
-        code = run_one(args, combination)
-        if code:
-            return code
-    return 0
+    version.setbase("1.3")
+    hydra = Hydra.create_main_hydra2("pixelforge", create_config_search_path(str(CONFIG_DIR)))
+    quiet = ["hydra/job_logging=none", "hydra/hydra_logging=none", "hydra.output_subdir=null"]
+    try:
+        hydra.multirun("config", functools.partial(sweep_job, args),
+                       [f"hydra.sweep.dir={parent}", "hydra.sweep.subdir=${hydra.job.num}", *quiet, *overrides],
+                       with_log_configuration=False)
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"main.py: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        GlobalHydra.instance().clear()
+    results = [OmegaConf.load(path) for path in sorted(parent.glob("*/result.yaml"), key=lambda p: int(p.parent.name))]
+    print(f"multirun: {len(results)} job(s) under {parent}", file=sys.stderr)
+    for result in results:
+        print(f"  [{result.job}] exit {result.exit_code}  {result.monitor}={result.best}  "
+              f"{' '.join(result.overrides)}", file=sys.stderr)
+    return next((r.exit_code for r in results if r.exit_code), 0)
+
+
+def sweep_job(args: argparse.Namespace, _: DictConfig) -> float:
+    """One job of a Hydra sweep: ``run_one`` on the job's overrides, in the job's own folder; returns the best
+    value of the run's monitored metric (NaN when the run failed or monitors nothing)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from pixelforge.runs import best_score
+
+    hydra = HydraConfig.get()
+    job_dir = Path(hydra.runtime.output_dir)
+    overrides = list(hydra.overrides.task)
+    print(f"[multirun job {hydra.job.num}] {' '.join(overrides)}", file=sys.stderr)
+    code = run_one(argparse.Namespace(**{**vars(args), "logdir": str(job_dir), "multirun": False}), overrides)
+    runs = sorted(p for p in job_dir.iterdir() if (p / "configs").is_dir())
+    monitor, best = best_score(runs[-1]) if runs and not code else (None, float("nan"))
+    OmegaConf.save({"job": hydra.job.num, "overrides": overrides, "exit_code": code, "monitor": monitor,
+                    "best": best, "run_dir": str(runs[-1]) if runs else None}, job_dir / "result.yaml")
+    return best
 
 
 def lr_hint(cfg: DictConfig) -> str:

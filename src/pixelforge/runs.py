@@ -87,6 +87,16 @@ def is_finished(run_dir: str | Path) -> bool:
     return (run_dir / FINISHED).is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+def best_score(run_dir: str | Path) -> tuple[str | None, float]:
+    """(monitored metric, its best value) as the run's checkpoint callback recorded them in ``last.ckpt``; (None,
+    NaN) for a run that monitors nothing."""
+    checkpoint = load_checkpoint(Path(run_dir) / "checkpoints" / "last.ckpt", mmap=True)
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
+            return state["monitor"], float(state["best_model_score"])
+    return None, float("nan")
+
+
 def experiment_of(run_dir: str | Path) -> str | None:
     """The experiment the run was composed from, as its saved config records it (runs made before the
     ``experiment_name`` key: their ``name``, which was the experiment's unless ``-n`` set another)."""
