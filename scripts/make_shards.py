@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 
 from pixelforge.cli import compose_config, parse
 from pixelforge.data.base import SPLITS
-from pixelforge.data.shards import write_shards
+from pixelforge.data.shards import shard_sample, write_shards
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     streamed = []
     for split in splits:
         dataset = datamodule.dataset(split=split, transform=datamodule.make_transform(train=False))
-        shards = write_shards(dataset, str(out / f"{split}-%06d.tar"), args.maxcount)
+        samples = (shard_sample(index, dataset[index]) for index in range(len(dataset)))
+        shards = write_shards(samples, str(out / f"{split}-%06d.tar"), args.maxcount, total=len(dataset))
         streamed.append(f"\"data.dataset.urls.{split}='{out}/{split}-{{000000..{len(shards) - 1:06d}}}.tar'\"")
         item = dataset[0]
     fields = [key for key in item if key not in ("image", "caption")]

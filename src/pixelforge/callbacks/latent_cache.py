@@ -12,11 +12,13 @@ from pixelforge.models.diffusion import DiffusionModel
 
 
 @torch.no_grad()
-def encode_split(model: DiffusionModel, dataset: Dataset, batch_size: int, progress: bool = True) -> torch.Tensor:
-    """The unscaled first-stage latents of every image of ``dataset``, in item order, in float32 on the CPU. The
-    loader draws its seed from a generator of its own: the training's random stream is the same with a cache."""
+def encode_split(first_stage: torch.nn.Module, dataset: Dataset, batch_size: int,
+                 progress: bool = True) -> torch.Tensor:
+    """The unscaled latents (posterior means) of every image of ``dataset``, in item order, in float32 on the CPU.
+    The loader draws its seed from a generator of its own: the training's random stream is the same with a cache."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
-    parts = [model.first_stage.encode_latent(batch["image"].to(model.device), sample=False).float().cpu()
+    device = next(first_stage.parameters()).device
+    parts = [first_stage.encode_latent(batch["image"].to(device), sample=False).float().cpu()
              for batch in tqdm(loader, desc="caching latents", disable=not progress, leave=False)]
     return torch.cat(parts)
 
@@ -50,5 +52,5 @@ class LatentCache(L.Callback):
         if refusal is not None:
             raise ValueError(f"callbacks.latent_cache: {refusal} (or set callbacks.latent_cache=null)")
         dataset = datamodule.build("train")
-        latents = encode_split(pl_module, dataset, self.batch_size, progress=trainer.is_global_zero)
+        latents = encode_split(pl_module.first_stage, dataset, self.batch_size, progress=trainer.is_global_zero)
         datamodule.attach("train", "latent", latents)

@@ -18,14 +18,15 @@ import io
 import json
 import random
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from pixelforge.data.base import Transform, build_transform, check_split
@@ -33,6 +34,7 @@ from pixelforge.data.folders import MODES
 from pixelforge.utils.images import to_uint8
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
+LATENT, LATENT_FLIP = "latent.npy", "latent_flip.npy"  # cached first-stage latents (scripts/cache_latents.py)
 SHARD_LAYOUT = ("tar shards of <key>.jpg|png|webp images with <key>.txt captions and <key>.json metadata "
                 "(img2dataset's layout; scripts/make_shards.py writes them), e.g. /data/shards/{00000..00099}.tar")
 
@@ -179,9 +181,9 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         bad = BadSamples(self.max_bad_samples)
         samples = webdataset().tarfile_samples(self.shards(worker, workers), handler=bad)
+        rng = self.rng(worker)
         if self.train:
-            samples = webdataset().shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
-                                         rng=self.rng(worker))(samples)
+            samples = webdataset().shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng)(samples)
         quota = None
         if self.epoch_length is not None:
             quota = self.epoch_length // workers + (worker < self.epoch_length % workers)
@@ -190,7 +192,7 @@ class ShardStream(IterableDataset):
             if quota is not None and count >= quota:
                 return
             try:
-                item = {"image": self.transform(self.decode(sample)), **self.labels(sample)}
+                item = {"image": self.transform(self.decode(sample)), **self.labels(sample), **self.latent(sample, rng)}
             except ShardLayoutError as error:
                 if sample.get("__url__") not in good_shards:  # the shard's samples are not what the config reads
                     raise
@@ -202,6 +204,15 @@ class ShardStream(IterableDataset):
             good_shards.add(sample.get("__url__"))
             count += 1
             yield item
+
+    def latent(self, sample: Mapping[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        """The sample's cached first-stage latent when it has one (``scripts/cache_latents.py``), as ``latent``; on
+        the training split, that of the flipped image half the time when the cache holds both (``--flip``). The
+        image stays as it is: with a cached latent it serves the image logs only."""
+        if LATENT not in sample:
+            return {}
+        field = LATENT_FLIP if self.train and LATENT_FLIP in sample and rng.random() < 0.5 else LATENT
+        return {"latent": torch.from_numpy(np.load(io.BytesIO(sample[field]), allow_pickle=False))}
 
     def decode(self, sample: Mapping[str, Any]) -> Image.Image:
         """The sample's image, converted to the stream's channels."""
@@ -249,19 +260,30 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def write_shards(dataset: Dataset, pattern: str, maxcount: int = 1000) -> list[str]:
-    """Write every item of a map-style pixelforge ``dataset`` into tar shards at ``pattern`` (``%06d`` numbers
-    them), ``maxcount`` samples each: the image as PNG, the caption as ``.txt``, integer labels in ``.json``."""
+def shard_sample(index: int, item: Mapping[str, Any]) -> dict[str, Any]:
+    """A dataset item as a shard sample: the image as PNG, the caption as ``.txt``, integer labels in ``.json``."""
+    sample = {"__key__": f"{index:09d}", "png": png_bytes(item["image"])}
+    if "caption" in item:
+        sample["txt"] = item["caption"]
+    labels = {key: int(value) for key, value in item.items() if key not in ("image", "caption")}
+    if labels:
+        sample["json"] = labels
+    return sample
+
+
+def npy_bytes(array: torch.Tensor) -> bytes:
+    """A tensor as ``.npy`` bytes (read back with ``allow_pickle=False``: no code in a latent file)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array.numpy(), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_shards(samples: Iterable[dict[str, Any]], pattern: str, maxcount: int = 1000,
+                 total: int | None = None) -> list[str]:
+    """Write shard ``samples`` into tar files at ``pattern`` (``%06d`` numbers them), ``maxcount`` samples each;
+    returns the files written."""
     written: list[str] = []
-    with webdataset().ShardWriter(pattern, maxcount=maxcount, verbose=0,
-                                post=written.append) as writer:
-        for index in tqdm(range(len(dataset)), desc=pattern, unit="sample"):
-            item = dataset[index]
-            sample = {"__key__": f"{index:09d}", "png": png_bytes(item["image"])}
-            if "caption" in item:
-                sample["txt"] = item["caption"]
-            labels = {key: int(value) for key, value in item.items() if key not in ("image", "caption")}
-            if labels:
-                sample["json"] = labels
+    with webdataset().ShardWriter(pattern, maxcount=maxcount, verbose=0, post=written.append) as writer:
+        for sample in tqdm(samples, desc=pattern, unit="sample", total=total):
             writer.write(sample)
     return written
