@@ -44,9 +44,9 @@ def clip_run(tmp_path: Path) -> Path:
 
 def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
     """Overrides that point a recipe needing downloaded or user data at tiny data written here (once: a latent
-    diffusion recipe and its first stage share it), one fine-tuning released weights at a tiny random file, and one
-    whose text encoder is our own CLIP at a two-step CLIP run, and a recipe caching its latents at 64 training
-    items."""
+    diffusion recipe and its first stage share it; at most 32 px), one fine-tuning released weights at a tiny
+    random file, and one whose text encoder is our own CLIP at a two-step CLIP run, and a recipe caching its
+    latents at 64 training items."""
     weights = []
     if cfg.model._target_.endswith("stable_diffusion.pretrained"):
         ckpt = tmp_path / "sd" / "model.safetensors"
@@ -62,7 +62,8 @@ def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
         root = tmp_path / "data" / cfg.data.dataset.name
         if not root.exists():
             write_fake_dataset(cfg.data.dataset.name, root)
-        return [f"paths.data_dir={root}"]
+        # 64 px GPU recipes (CelebA) at 32 px: the same networks, a quarter of the convolutions' work
+        return [f"paths.data_dir={root}", *(["data.image_size=32"] if cfg.data.image_size > 32 else [])]
     if target.endswith("ImageTextFolderDataset"):
         if not (tmp_path / "folder").exists():
             write_captioned_images(tmp_path / "folder")
