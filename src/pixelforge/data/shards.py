@@ -15,6 +15,7 @@ cut short, as the last of a truncated shard is, and counts as bad).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import warnings
@@ -163,7 +164,7 @@ class ShardStream(IterableDataset):
     def shards(self, worker: int, workers: int) -> Iterator[dict[str, str]]:
         """This worker's shards, pass after pass while an epoch length asks for more: each pass deals a fresh
         seeded permutation (one shared by all ranks) to the ranks and then to their workers."""
-        for number in range(1_000_000_000):
+        for number in itertools.count():
             order = list(self.urls)
             if self.train:
                 random.Random(repr((self.seed, self.epoch, self.step, number))).shuffle(order)
