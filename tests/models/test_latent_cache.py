@@ -14,7 +14,7 @@ from test_latent_diffusion import tiny_ldm
 from pixelforge.callbacks.latent_cache import LatentCache
 from pixelforge.data import ImageDataModule
 from pixelforge.data.shapes import ShapesDataset
-from pixelforge.data.shards import ShardStream, write_shards
+from pixelforge.data.shards import ShardStream, shard_sample, write_shards
 from pixelforge.modules.first_stage import IdentityFirstStage
 
 
@@ -71,7 +71,8 @@ def test_posterior_sampling_and_pixel_diffusion_are_refused(tmp_path: Path) -> N
 def test_a_streamed_training_split_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("webdataset")
     for split in ("train", "val"):
-        write_shards(ShapesDataset(split, image_size=16, num_samples=24), str(tmp_path / f"{split}-%06d.tar"))
+        dataset = ShapesDataset(split, image_size=16, num_samples=24)
+        write_shards((shard_sample(i, dataset[i]) for i in range(len(dataset))), str(tmp_path / f"{split}-%06d.tar"))
     urls = {split: str(tmp_path / f"{split}-000000.tar") for split in ("train", "val")}
     datamodule = ImageDataModule(lambda split, transform: ShardStream(urls, split, transform), batch_size=8,
                                  image_size=16, transform={"resize": False})

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from pixelforge.data.base import SPLITS, Transform, build_transform
+from pixelforge.data.buckets import BucketBatchSampler, BucketedImages, make_buckets
 from pixelforge.data.fields import WithField
 from pixelforge.data.shards import ShardStream
 
@@ -37,6 +38,7 @@ class ImageDataModule(L.LightningDataModule):
         transform: Mapping[str, Any] | None = None,
         seed: int = 0,
         drop_last: bool = True,
+        buckets: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -52,18 +54,28 @@ class ImageDataModule(L.LightningDataModule):
         self.transform = dict(transform or {})
         self.seed = seed
         self.drop_last = drop_last
+        self.buckets = make_buckets(image_size, **buckets) if buckets else None
         self.splits: dict[str, Dataset] = {}
 
     def build(self, split: str) -> Dataset:
         """The dataset of ``split`` with its transform (random augmentation on train only), built once."""
         if split not in self.splits:
             dataset = self.dataset(split=split, transform=self.make_transform(train=split == "train"))
+            if self.buckets:
+                dataset = self.bucketed(dataset, train=split == "train")
             channels = getattr(dataset, "channels", self.channels)
             if channels != self.channels:
                 raise ValueError(f"data.channels={self.channels}, but {type(dataset).__name__} gives "
                                  f"{channels}-channel images; set data.channels={channels}")
             self.splits[split] = dataset
         return self.splits[split]
+
+    def bucketed(self, dataset: Dataset, train: bool) -> BucketedImages:
+        """``dataset``'s images fitted to their aspect-ratio buckets (``data.buckets``: image folders only)."""
+        if not hasattr(dataset, "item_labels"):
+            raise ValueError(f"data.buckets groups the images of image folders (data=image_folder, image_text_folder) "
+                             f"by aspect ratio; {type(dataset).__name__} has images of one size: set data.buckets=null")
+        return BucketedImages(dataset, self.buckets, train, flip=bool(self.transform.get("flip")), seed=self.seed)
 
     def make_transform(self, train: bool) -> Transform:
         """The configured image transform, with its random augmentation when ``train``."""
@@ -72,14 +84,14 @@ class ImageDataModule(L.LightningDataModule):
         return build_transform(size, train=train, **options)
 
     def random_training_options(self) -> list[str]:
-        """The ``data.transform`` settings that make a training image differ from step to step (none: item ``i``
-        is the same image every epoch, so what is computed from it can be computed once)."""
+        """The data settings (``data.buckets``, ``data.transform``) that make a training image differ from step to
+        step (none: item ``i`` is the same image every epoch, so what is computed from it can be computed once)."""
         options = {"flip": False, "crop": "center", "translate": 0.0, "rotate": 0.0, **self.transform}
         random = [f"flip={options['flip']}" if options["flip"] else "",
                   f"crop={options['crop']}" if options["crop"] == "random" and options.get("resize", True) else "",
                   f"translate={options['translate']}" if options["translate"] > 0 else "",
                   f"rotate={options['rotate']}" if options["rotate"] > 0 else ""]
-        return [f"data.transform.{option}" for option in random if option]
+        return ["data.buckets"] * bool(self.buckets) + [f"data.transform.{option}" for option in random if option]
 
     def attach(self, split: str, key: str, values: torch.Tensor) -> None:
         """From now on item ``i`` of ``split`` also carries ``values[i]`` under ``key`` (one row per item)."""
@@ -99,6 +111,11 @@ class ImageDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         if isinstance(dataset, IterableDataset):
             return self.stream_loader(dataset, shuffle, rank, world)
+        if isinstance(dataset, BucketedImages):  # each batch from one bucket: Lightning sets its sampler's epoch
+            sampler = BucketBatchSampler(dataset, self.batch_size if shuffle else self.eval_batch_size, shuffle,
+                                         self.seed, rank, world, drop_last=shuffle and self.drop_last)
+            return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                              pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
         sampler = None
         if shuffle or world > 1:
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed,

@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -113,9 +112,16 @@ class _FileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _image(self, index: int) -> torch.Tensor:
-        """The transformed image of item ``index``."""
-        return self.transform(load_image(self.files[index], self.channels))
+    def load(self, index: int) -> Image.Image:
+        """The image of item ``index`` as read (``data.buckets`` fits it to its bucket itself)."""
+        return load_image(self.files[index], self.channels)
+
+    def item_labels(self, index: int) -> dict:
+        """What item ``index`` holds besides its image."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.transform(self.load(index)), **self.item_labels(index)}
 
 
 class ImageFolderDataset(_FileDataset):
@@ -159,8 +165,8 @@ class ImageFolderDataset(_FileDataset):
         self.classes = [folder.name for folder in folders]
         self.num_classes = len(self.classes)
 
-    def __getitem__(self, index: int) -> dict:
-        return {"image": self._image(index), "label": self.labels[index]}
+    def item_labels(self, index: int) -> dict:
+        return {"label": self.labels[index]}
 
 
 class ImageTextFolderDataset(_FileDataset):
@@ -236,5 +242,5 @@ class ImageTextFolderDataset(_FileDataset):
             warn_skipped(missing, f"missing images named in {path}")
         return files, captions
 
-    def __getitem__(self, index: int) -> dict:
-        return {"image": self._image(index), "caption": self.captions[index]}
+    def item_labels(self, index: int) -> dict:
+        return {"caption": self.captions[index]}
