@@ -22,6 +22,7 @@ from pixelforge import launch
 from pixelforge.banner import print_banner
 from pixelforge.callbacks.checkpointing import AtomicCheckpointIO
 from pixelforge.checkpoints import check_checkpoint
+from pixelforge.parallel import FSDPStrategy
 from pixelforge.runs import FINISHED, model_config
 from pixelforge.stages import single_process
 from pixelforge.utils.threads import busy_warning, choose_threads, other_runnable, usable_cores
@@ -196,9 +197,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         try:
             trainer = build_trainer(cfg, run_dir)
             model = build_model(cfg, trainer)
-        except InstantiationException as error:  # a config that cannot be built writes nothing (a resumed run
-            if new:                              # keeps its saved config) and leaves no new run directory
+            if isinstance(trainer.strategy, FSDPStrategy):
+                trainer.strategy.blocks(model)  # a model FSDP cannot shard fails here, before anything is written
+        except (InstantiationException, ConfigError) as error:  # a config that cannot be built writes nothing (a
+            if new:                             # resumed run keeps its saved config) and leaves no new run directory
                 shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(error, ConfigError):
+                raise
             raise ConfigError.from_instantiation(error) from error
         if trainer.is_global_zero:
             pin_logger_runs(cfg, trainer)

@@ -7,7 +7,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from pixelforge.utils.images import grid, save_png
 
@@ -38,8 +37,9 @@ class ImageLogger(L.Callback):
         """Whether training step ``step`` (counted from 1) gets images."""
         return step in self.early_steps or step % self.every_n_steps == 0
 
-    @rank_zero_only
     def log_batch(self, trainer: L.Trainer, module: L.LightningModule, batch: dict, batch_idx: int, split: str) -> None:
+        """Every rank draws the images (a sharded model's forward needs them all; under DDP the others would wait
+        for rank 0 at the next step anyway); rank 0 writes them."""
         if not self.enabled or not hasattr(module, "log_images"):
             return
         was_training = module.training
@@ -47,6 +47,8 @@ class ImageLogger(L.Callback):
         with torch.no_grad():
             images = module.log_images(batch, max_images=self.max_images, split=split, **self.kwargs)
         module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         step, epoch = trainer.global_step, trainer.current_epoch
         for key, value in images.items():
             value = value[: self.max_images]

@@ -20,7 +20,9 @@ from pixelforge.modules.ema import EMA
 from pixelforge.modules.embeddings import coordinates
 from pixelforge.modules.first_stage import IdentityFirstStage
 from pixelforge.optim import configure_optimizer
+from pixelforge.parallel import FSDPStrategy
 from pixelforge.utils.images import caption_images
+from pixelforge.validation import ConfigError
 
 UNET_SIZES = {"in_channels": "the latent channels, + 2 coordinate maps with coord_channels, + a concat map's "
                              "channels",
@@ -178,6 +180,18 @@ class DiffusionModel(L.LightningModule):
             return 0
         channels = spatial.encoder.channels
         return self.first_stage.embed_dim if channels == self.first_stage.in_channels else channels
+
+    def sharded_networks(self) -> list[nn.Module]:
+        """What ``trainer=fsdp`` shards: the U-Net (the EMA copy would stay whole on every rank, so it is refused)."""
+        if self.ema is not None:
+            raise ConfigError("trainer=fsdp shards the U-Net, and its EMA copy would be a whole one on every rank: "
+                              "set model.ema=null")
+        return [self.unet]
+
+    def configure_model(self) -> None:
+        """Under ``trainer=fsdp``: shard the U-Net, block by block as the strategy's ``wrap`` names them."""
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.shard(self)
 
     def trained(self) -> nn.ModuleDict:
         """What trains and is averaged: the U-Net and the conditioner (whose frozen encoders have no parameters)."""
