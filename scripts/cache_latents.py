@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from pixelforge.callbacks.latent_cache import encode_split
 from pixelforge.cli import compose_config, parse
 from pixelforge.data.base import SPLITS
-from pixelforge.data.shards import LATENT, LATENT_FLIP, npy_bytes, shard_sample, write_shards
+from pixelforge.data.shards import LATENT, LATENT_FLIP, npy_bytes, shard_sample, write_splits
 from pixelforge.inference.arguments import load_run_or_exit
 from pixelforge.models.diffusion import DiffusionModel
 
@@ -71,10 +71,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    splits = args.splits.split(",")
-    if args.maxcount < 1 or args.batch_size < 1 or set(splits) - set(SPLITS):
+    if args.maxcount < 1 or args.batch_size < 1:
         print(f"cache_latents.py: error: --maxcount ({args.maxcount}) and --batch_size ({args.batch_size}) must be "
-              f"positive, and --splits ({args.splits}) each one of {', '.join(SPLITS)}", file=sys.stderr)
+              "positive", file=sys.stderr)
         return 2
     _, model = load_run_or_exit(args.first_stage, None, "cache_latents.py")
     first_stage = (model.first_stage if isinstance(model, DiffusionModel) else model).to(args.device).eval()
@@ -83,16 +82,13 @@ def main(argv: list[str] | None = None) -> int:
               "(autoencoder_kl, vq) nor a latent-diffusion model", file=sys.stderr)
         return 2
     datamodule = instantiate(compose_config(*parse(overrides)).data)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    streamed = []
-    for split in splits:
-        dataset = datamodule.dataset(split=split, transform=datamodule.make_transform(train=False))
-        shards = write_shards(latent_samples(dataset, first_stage, args.flip, args.batch_size),
-                              str(out / f"{split}-%06d.tar"), args.maxcount, total=len(dataset))
-        streamed.append(f"\"data.dataset.urls.{split}='{out}/{split}-{{000000..{len(shards) - 1:06d}}}.tar'\"")
-    print("train on them with the recipe of this first stage and:\n  data=webdataset " + " ".join(streamed) +
-          f" data.image_size={datamodule.image_size} data.channels={datamodule.channels}")
+    try:
+        words = write_splits(datamodule, Path(args.out), args.splits.split(","), args.maxcount,
+                             lambda dataset: latent_samples(dataset, first_stage, args.flip, args.batch_size))
+    except ValueError as error:
+        print(f"cache_latents.py: error: --splits {args.splits}: {error}", file=sys.stderr)
+        return 2
+    print("train on them with the recipe of this first stage and:\n  " + " ".join(words))
     return 0
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from hydra.utils import instantiate
+from torch.utils.data import Dataset
 
 from pixelforge.cli import compose_config, parse
 from pixelforge.data.base import SPLITS
-from pixelforge.data.shards import shard_sample, write_shards
+from pixelforge.data.shards import shard_sample, write_splits
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -30,30 +32,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return parser.parse_known_args(argv)
 
 
+def samples(dataset: Dataset) -> Iterator[dict]:
+    """The shard samples of ``dataset``'s items, in order."""
+    return (shard_sample(index, dataset[index]) for index in range(len(dataset)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    splits = args.splits.split(",")
-    problem = (f"--maxcount must be a positive number of samples, got {args.maxcount}" if args.maxcount < 1 else
-               f"--splits {args.splits}: each must be one of {', '.join(SPLITS)}" if set(splits) - set(SPLITS)
-               else None)
-    if problem:
-        print(f"make_shards.py: error: {problem}", file=sys.stderr)
+    if args.maxcount < 1:
+        print(f"make_shards.py: error: --maxcount must be a positive number of samples, got {args.maxcount}",
+              file=sys.stderr)
         return 2
     datamodule = instantiate(compose_config(*parse(overrides)).data)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    streamed = []
-    for split in splits:
-        dataset = datamodule.dataset(split=split, transform=datamodule.make_transform(train=False))
-        samples = (shard_sample(index, dataset[index]) for index in range(len(dataset)))
-        shards = write_shards(samples, str(out / f"{split}-%06d.tar"), args.maxcount, total=len(dataset))
-        streamed.append(f"\"data.dataset.urls.{split}='{out}/{split}-{{000000..{len(shards) - 1:06d}}}.tar'\"")
-        item = dataset[0]
-    fields = [key for key in item if key not in ("image", "caption")]
-    print("stream them with:\n  data=webdataset " + " ".join(streamed) +
-          f" data.dataset.caption={str('caption' in item).lower()} data.dataset.fields=[{','.join(fields)}]"
-          f" data.image_size={datamodule.image_size} data.channels={datamodule.channels}" +
-          "".join(f" ++data.targets.{name}={classes}" for name, classes in datamodule.targets.items()))
+    try:
+        words = write_splits(datamodule, Path(args.out), args.splits.split(","), args.maxcount, samples)
+    except ValueError as error:
+        print(f"make_shards.py: error: --splits {args.splits}: {error}", file=sys.stderr)
+        return 2
+    print("stream them with:\n  " + " ".join(words))
     return 0
 
 

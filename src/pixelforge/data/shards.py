@@ -19,7 +19,7 @@ import itertools
 import json
 import random
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from pixelforge.data.base import Transform, build_transform, check_split
+from pixelforge.data.base import SPLITS, Transform, build_transform, check_split
 from pixelforge.data.folders import MODES
 from pixelforge.utils.images import to_uint8
 
@@ -288,3 +288,25 @@ def write_shards(samples: Iterable[dict[str, Any]], pattern: str, maxcount: int 
         for sample in tqdm(samples, desc=pattern, unit="sample", total=total):
             writer.write(sample)
     return written
+
+
+def write_splits(datamodule: Any, out: Path, splits: Sequence[str], maxcount: int,
+                 samples_of: Callable[[Any], Iterable[dict[str, Any]]]) -> list[str]:
+    """Write each of ``splits`` of an ``ImageDataModule`` (its images as served without random augmentation) into
+    ``out/<split>-NNNNNN.tar`` through ``samples_of(dataset)``; returns the overrides that stream them
+    (``data=webdataset``, the shard patterns quoted for a shell, caption, fields, image size, channels, targets)."""
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"splits {unknown}: each must be one of {', '.join(SPLITS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    words = ["data=webdataset"]
+    for split in splits:
+        dataset = datamodule.dataset(split=split, transform=datamodule.make_transform(train=False))
+        shards = write_shards(samples_of(dataset), str(out / f"{split}-%06d.tar"), maxcount, total=len(dataset))
+        words.append(f"\"data.dataset.urls.{split}='{out}/{split}-{{000000..{len(shards) - 1:06d}}}.tar'\"")
+    item = dataset[0]
+    fields = [key for key in item if key not in ("image", "caption")]
+    words += [f"data.dataset.caption={str('caption' in item).lower()}", f"data.dataset.fields=[{','.join(fields)}]",
+              f"data.image_size={datamodule.image_size}", f"data.channels={datamodule.channels}",
+              *(f"++data.targets.{name}={classes}" for name, classes in datamodule.targets.items())]
+    return words
