@@ -5,15 +5,20 @@ denoising-diffusion-pytorch.
     python scripts/benchmark.py --quick --no-peers                  # tiny sizes, 1-2 iterations: a smoke test
     python scripts/benchmark.py --cases text --compile              # also model.compile=true against eager
     python scripts/benchmark.py --cases sd --device cuda            # Stable Diffusion 1.x's model (random weights)
+    python scripts/benchmark.py --cases latents,sd_latents          # training from cached latents vs encoding
+    python scripts/benchmark.py --cases quality -l logs             # time to quality: trains the recipe (minutes)
     python scripts/benchmark.py --experiment ldm_shapes_txt2img --experiment ldm_mnist5k_txt2img
 
-The text, utilisation, sampling and data cases time the model each --experiment recipe builds, as training
-builds it (a first stage it would train first is built untrained), on a batch of its datamodule: the model's own
-training step and its denoiser. The diffusers peer is the same model around diffusers' UNet2DConditionModel built
-to the same architecture. Times are medians over timed iterations after warm-up; ours and the peer alternate
-iteration by iteration, so load from other processes on the machine falls on both alike. Peers come from the
-``bench`` extra (pip install -e ".[bench]"); without them (or with --no-peers) pixelforge is measured alone.
-Sizes live in pixelforge/benchmark/settings.py.
+The text, utilisation, sampling and data cases time the model each --experiment recipe builds, as training builds it
+(a first stage it would train first is built untrained), on a batch of its datamodule: the model's own training step
+and its denoiser. The latents cases time that step from cached latents against encoding the batch in the step (for
+the recipes, and for Stable Diffusion at 512 px with sd_latents). The quality case trains each recipe with main.py
+-t under --logdir (reusing a finished first stage there) and records the strict shape fit of held-out samples
+against training wall time (callbacks.quality_curve: <run>/quality_curve.json and .png). The diffusers peer is the
+same model around diffusers' UNet2DConditionModel built to the same architecture. Times are medians over timed
+iterations after warm-up; ours and the peer alternate iteration by iteration, so load from other processes on the
+machine falls on both alike. Peers come from the ``bench`` extra (pip install -e ".[bench]"); without them (or with
+--no-peers) pixelforge is measured alone. Sizes live in pixelforge/benchmark/settings.py.
 """
 
 from __future__ import annotations
@@ -39,11 +44,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="write the records as a JSON list to this file")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 1-2 iterations (smoke test)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--precision", choices=("fp32", "bf16"),
+                        help="time the steps in this precision only (default: fp32, and bf16 where the device runs it)")
     parser.add_argument("--no-peers", action="store_true", help="measure pixelforge alone even if peers import")
     parser.add_argument("--compile", action="store_true",
                         help="also time the text step with model.compile=true against eager (default size)")
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
-                        help=f"comma-separated subset of {', '.join(CASES)} (default: all but sd), or all")
+                        help=f"comma-separated subset of {', '.join(CASES)} (default: all but sd, sd_latents and "
+                             "quality), or all")
+    parser.add_argument("-l", "--logdir", default="logs",
+                        help="where the quality case trains its runs, as main.py -l (default: logs)")
     parser.add_argument("--experiment", action="append", metavar="NAME",
                         help=f"a recipe under configs/experiment/ for the text, utilisation, sampling and data cases; "
                              f"repeatable (default: {DEFAULT_EXPERIMENT})")
@@ -69,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
           f"peers: {', '.join(peers) or 'none'}"
           + (f" -- measuring pixelforge alone for {', '.join(missing)} (pip install -e '.[bench]')" if missing
              else ""), flush=True)
-    records = run(args.cases, args.experiment, settings(args.quick), peers, device, args.compile)
+    try:
+        records = run(args.cases, args.experiment, settings(args.quick), peers, device, args.compile, args.precision,
+                      str(args.logdir))
+    except (ValueError, RuntimeError) as error:
+        print(f"benchmark.py: error: {error}", file=sys.stderr)
+        return 2
     print(table(records))
     if args.out:
         args.out.write_text(json.dumps(records, indent=2))

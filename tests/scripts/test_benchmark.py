@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from runner import script
 
 from pixelforge.cli import compose_config, parse
-from pixelforge.runs import model_config
+from pixelforge.runs import FINISHED, model_config
 from pixelforge.train import build_model
 
 KEYS = {"case", "precision", "ours_ms", "peer", "peer_ms", "ratio", "ours_params", "peer_params", "ours_spread_ms",
@@ -22,13 +22,15 @@ RECIPE = "ldm_shapes_txt2img"
 
 
 def untrained_run(experiment: str, run_dir: Path) -> Path:
-    """A run directory of ``experiment`` with untrained weights: what ``main.py -t`` would reuse, without training."""
+    """A finished run directory of ``experiment`` with untrained weights: what ``main.py -t`` would reuse, without
+    training."""
     cfg = compose_config(*parse([f"experiment={experiment}"]))
     model = instantiate(model_config(cfg.model), _convert_="all")
     for folder in ("configs", "checkpoints"):
         (run_dir / folder).mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / "configs" / "config.yaml", resolve=True)
     torch.save({"state_dict": model.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
+    (run_dir / FINISHED).write_text("global_step 0\n")
     return run_dir
 
 
@@ -41,22 +43,30 @@ def training_unet(tmp_path: Path) -> torch.nn.Module:
 
 
 def test_quick_benchmark_without_peers(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    result = script("benchmark.py", "--quick", "--no-peers", "--device", "cpu", "--cases", "all", "--out", str(out))
+    out, logs = tmp_path / "bench.json", tmp_path / "logs"
+    first_stage = compose_config(*parse([f"experiment={RECIPE}"])).model.first_stage.experiment
+    untrained_run(first_stage, logs / f"2026-01-01T00-00-00_{first_stage}")  # the quality case trains on it
+    result = script("benchmark.py", "--quick", "--no-peers", "--device", "cpu", "--cases", "all", "--out", str(out),
+                    "-l", str(logs))
     assert result.returncode == 0, result.stderr
     assert "measuring pixelforge alone" in result.stdout
     records = json.loads(out.read_text())
     cases = {r["case"] for r in records}
     assert {"text_train", "text_forward", "uncond_train", "utilisation", f"data_{RECIPE}", "sd_train",
-            "sd_forward"} <= cases
+            "sd_forward", "latents_train"} <= cases
     assert any(case.startswith("sample_dpmpp") for case in cases) and any(c.startswith("sample_ddim") for c in cases)
     assert {r["precision"] for r in records} == {"fp32", "bf16"}
     for r in records:
         assert r.keys() >= KEYS, r["case"]
         assert r["ours_ms"] > 0, r
-        assert r["peer_ms"] is None or r["peer"] == "train step", r
+        assert r["peer_ms"] is None or r["peer"] in ("train step", "encoder"), r
     sampling = next(r for r in records if r["case"].startswith("sample_dpmpp"))
     assert sampling["ours_s_per_image"] > 0 and "ours_overhead_pct_of_step" in sampling
+    quality = next(r for r in records if r["case"] == "time_to_quality")
+    assert [p["step"] for p in quality["points"]] == [1, 2] and Path(quality["curve"]).is_file()
+    assert 0 <= quality["final_shape_fit"] <= 1 and quality["ours_ms"] > 0
+    latents = {r["model"]: r for r in records if r["case"] == "latents_train" and r["precision"] == "fp32"}
+    assert latents.keys() == {RECIPE, "sd v1 toy"} and all(r["peer_ms"] > 0 for r in latents.values())
     utilisation = next(r for r in records if r["case"] == "utilisation")
     assert utilisation["ours_flops_per_step"] > 0 and utilisation["matmul_gflops"] > 0
 

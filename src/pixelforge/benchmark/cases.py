@@ -3,6 +3,7 @@ imports (``peers``, ``timing``) and returns records (``report``)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 
+from pixelforge import cli
 from pixelforge.benchmark.peers import ddpm_unet, diffusers_loop, diffusers_scheduler, diffusers_unet, with_unet
 from pixelforge.benchmark.recipes import Subject, build, compose, recipe, stable_diffusion_model
 from pixelforge.benchmark.report import record
@@ -28,9 +30,12 @@ from pixelforge.benchmark.timing import (
 )
 from pixelforge.diffusion.samplers import build_sampler
 from pixelforge.models.diffusion import DiffusionModel
+from pixelforge.runs import finished_runs
 
-CASES = ("text", "uncond", "sampling", "utilisation", "data", "sd")
-DEFAULT_CASES = CASES[:-1]  # sd: Stable Diffusion's 860M U-Net, minutes a step on a CPU
+CASES = ("text", "uncond", "sampling", "utilisation", "data", "latents", "sd", "sd_latents", "quality")
+# not by default: sd, sd_latents (Stable Diffusion's 860M U-Net, minutes a step on a CPU) and quality (trains the
+# recipe)
+DEFAULT_CASES = CASES[:-3]
 
 Peers = dict[str, ModuleType]
 Settings = dict[str, dict[str, Any]]
@@ -131,6 +136,21 @@ def sd_cases(cfg: Settings, peers: Peers, device: torch.device, precision: str) 
     return model_cases("sd", subject, peers, device, precision, cfg["timing"])
 
 
+def latents_case(subject: Subject, device: torch.device, precision: str, timing: dict[str, Any]) -> dict[str, Any]:
+    """Cases 7 and 8: the training step from cached latents (as ``scripts/cache_latents.py`` and
+    ``callbacks.latent_cache`` feed it: ours) against the same step encoding its images with the frozen first stage
+    (the peer "encoder"), with the peak memory each adds."""
+    with torch.no_grad():
+        latent = subject.model.first_stage.encode_latent(subject.batch["image"])
+    batches = {"ours": {**subject.batch, "latent": latent},
+               "encoder": {key: value for key, value in subject.batch.items() if key != "latent"}}
+    optimizer = subject.model.optimizer(subject.model.trained().parameters())  # one state: SD's is 7 GB
+    fns = {name: train_step(subject.model, batch, precision, device, optimizer) for name, batch in batches.items()}
+    return compare("latents_train", precision, fns, dict.fromkeys(fns, subject.model), "encoder", device, timing,
+                   unit="ms/step", image_size=subject.batch["image"].shape[-1],
+                   first_stage_params=count_params(subject.model.first_stage), **described(subject))
+
+
 def sampling_cases(experiment: str, cfg: Settings, peers: Peers, device: torch.device) -> list[dict[str, Any]]:
     """Case 3: seconds per image of whole sampling loops over the recipe's denoiser, schedule and target, and each
     loop's own overhead per step outside the model; ours vs diffusers' schedulers."""
@@ -210,23 +230,63 @@ def data_case(experiment: str, cfg: Settings, device: torch.device) -> dict[str,
                   delivered_images_per_s=delivered, consumed_images_per_s=consumed, headroom=delivered / consumed)
 
 
+def quality_case(experiment: str, cfg: Settings, logdir: str, device: torch.device) -> dict[str, Any]:
+    """Case 9, time to quality: ``main.py -t`` trains the recipe (its first stage too, unless one finished under
+    ``logdir``) with ``callbacks.quality_curve`` on; the record holds the curve's points (the strict shape fit
+    against training wall time), the first time it reached the target, and the whole run's wall time less the
+    curve's own sampling, and its peak memory."""
+    quality = cfg["quality"]
+    accelerator = "cpu" if device.type == "cpu" else "gpu"
+    overrides = [f"experiment={experiment}", "-l", logdir, f"trainer.accelerator={accelerator}",
+                 *cfg["recipe"]["overrides"], *quality["overrides"],
+                 f"callbacks.quality_curve.every_n_steps={quality['every_n_steps']}",
+                 f"callbacks.quality_curve.n_samples={quality['n_samples']}"]
+    codes = []
+    start = time.perf_counter()
+    peak = peak_memory_mb(lambda: codes.append(cli.main(["-t", *overrides])), device)
+    seconds = time.perf_counter() - start
+    if codes[0]:
+        raise RuntimeError(f"training {experiment} for the quality case failed (main.py -t {' '.join(overrides)})")
+    run_dir = finished_runs(logdir, experiment)[-1]
+    points = json.loads((run_dir / "quality_curve.json").read_text())
+    reached = [p["train_seconds"] for p in points if p["shape_fit"] >= quality["target"]]
+    return record("time_to_quality", "fp32", [seconds - points[-1]["curve_seconds"]], None, None,
+                  unit="ms/recipe", ours_peak_mb=peak, model=experiment, run=str(run_dir),
+                  curve=str(run_dir / "quality_curve.png"),
+                  target=quality["target"], seconds_to_target=reached[0] if reached else None,
+                  final_shape_fit=points[-1]["shape_fit"], points=points)
+
+
 def run(cases: Sequence[str], experiments: Sequence[str], cfg: Settings, peers: Peers, device: torch.device,
-        compile_: bool) -> list[dict[str, Any]]:
-    """The records of ``cases``: the recipe cases once per experiment, the timed steps once per precision."""
+        compile_: bool, only: str | None = None, logdir: str = "logs") -> list[dict[str, Any]]:
+    """The records of ``cases``: the recipe cases once per experiment, the timed steps once per precision the
+    device runs (``only`` that one, e.g. fp32 on a CPU without bf16 units, where bf16 is emulated and slow)."""
     records: list[dict[str, Any]] = []
-    for precision in precisions(device):
+    available = precisions(device)
+    if only is not None and only not in available:
+        raise ValueError(f"precision {only!r} does not run on {device}; valid: {', '.join(available)}")
+    for precision in [only] if only else available:
         for experiment in experiments:
             if "text" in cases:
                 records += text_cases(experiment, cfg, peers, device, precision, compile_)
             if "utilisation" in cases:
                 records.append(utilisation_case(experiment, cfg, peers, device, precision))
+            if "latents" in cases:
+                subject = recipe(experiment, cfg["recipe"]["overrides"], device)
+                records.append(latents_case(subject, device, precision, cfg["timing"]))
         if "uncond" in cases:
             records.append(uncond_case(cfg, peers, device, precision))
         if "sd" in cases:
             records += sd_cases(cfg, peers, device, precision)
+        if "sd_latents" in cases:
+            sd = cfg["sd"]
+            subject = stable_diffusion_model(sd["version"], sd["toy"], sd["batch_size"], device)
+            records.append(latents_case(subject, device, precision, cfg["timing"]))
     for experiment in experiments:
         if "sampling" in cases:
             records += sampling_cases(experiment, cfg, peers, device)
         if "data" in cases:
             records.append(data_case(experiment, cfg, device))
+        if "quality" in cases:
+            records.append(quality_case(experiment, cfg, logdir, device))
     return records

@@ -13,13 +13,14 @@ from pixelforge.benchmark.timing import Denoise, autocast
 from pixelforge.models.diffusion import DiffusionModel
 
 
-def train_step(model: DiffusionModel, batch: Mapping[str, Any], precision: str,
-               device: torch.device) -> Callable[[], None]:
+def train_step(model: DiffusionModel, batch: Mapping[str, Any], precision: str, device: torch.device,
+               optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
     """One training step as Lightning's automatic optimisation runs it, less its logging and gradient clipping: the
     model's ``training_step`` under ``precision``, backward, a step of the optimizer the model configures (without
-    its lr schedule, which only sets the lr), and the ``on_train_batch_end`` hook (the EMA update)."""
+    its lr schedule, which only sets the lr; ``optimizer``: one already made, which steps that share a model can
+    share, so its state is held once), and the ``on_train_batch_end`` hook (the EMA update)."""
     model.to(device).train()
-    optimizer = model.optimizer(model.trained().parameters())
+    optimizer = optimizer or model.optimizer(model.trained().parameters())
     # training_step logs; with no Trainer attached Lightning warns and drops the value, which is all we want
     warnings.filterwarnings("ignore", message=r"You are trying to `self\.log\(\)` but the `self\.trainer` reference")
 

@@ -48,6 +48,31 @@ def judged_keys(model: nn.Module, extractor: nn.Module, dataset: Dataset) -> tup
 
 
 @torch.no_grad()
+def generate(model: nn.Module, n_samples: int, labels: torch.Tensor | None, prompts: list[str] | None,
+             prompt_key: str | None, batch_size: int = 250, seed: int = 0, **sample_kwargs) -> torch.Tensor:
+    """``n_samples`` images from ``model.sample`` in batches, prompted with ``prompts`` under ``prompt_key`` if
+    given, else class-conditioned on ``labels`` (or unconditional), from one generator seeded with ``seed``."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    fakes = []
+    for start in range(0, n_samples, batch_size):
+        count = min(batch_size, n_samples - start)
+        if prompts is not None:
+            condition = {"conditions": {prompt_key: prompts[start:start + count]}}
+        else:
+            condition = {"labels": labels[start:start + count].to(device) if labels is not None else None}
+        fakes.append(model.sample(count, generator=generator, **condition, **sample_kwargs).cpu())
+    return torch.cat(fakes)
+
+
+def fit_labels(dataset: ShapesDataset, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The shape, size and position labels of the ``n`` items ``dataset_conditions`` draws with ``seed``: what
+    ``shape_fidelity`` judges their samples against."""
+    attributes, _ = dataset_conditions(dataset, n, list(FIT_KEYS), seed=seed)
+    return dict(zip(FIT_KEYS, attributes.T, strict=True))
+
+
+@torch.no_grad()
 def evaluate_samples(
     model: nn.Module,
     extractor: nn.Module,
@@ -75,16 +100,7 @@ def evaluate_samples(
     device = next(model.parameters()).device
     keys, prompt_key = judged_keys(model, extractor, dataset)
     labels, prompts = dataset_conditions(dataset, n_samples, keys, prompt_key, seed)
-    generator = torch.Generator(device).manual_seed(seed)
-    fakes = []
-    for start in range(0, n_samples, batch_size):
-        count = min(batch_size, n_samples - start)
-        if prompts is not None:
-            condition = {"conditions": {prompt_key: prompts[start:start + count]}}
-        else:
-            condition = {"labels": labels[start:start + count].to(device) if labels is not None else None}
-        fakes.append(model.sample(count, generator=generator, **condition, **sample_kwargs).cpu())
-    fake = torch.cat(fakes)
+    fake = generate(model, n_samples, labels, prompts, prompt_key, batch_size, seed, **sample_kwargs)
     real_features = cached_real_features(extractor, dataset_key, real_batches(dataset),
                                          Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
                                          device)
@@ -94,8 +110,7 @@ def evaluate_samples(
     if labels is not None and hasattr(extractor, "predict"):
         results.update(conditional_accuracy(extractor, fake, labels, keys, batch_size, device))
     if prompts is not None and isinstance(dataset, ShapesDataset):
-        attributes, _ = dataset_conditions(dataset, n_samples, list(FIT_KEYS), seed=seed)
-        fidelity, iou = shape_fidelity(fake, dict(zip(FIT_KEYS, attributes.T, strict=True)))
+        fidelity, iou = shape_fidelity(fake, fit_labels(dataset, n_samples, seed))
         results.update(fidelity)
         if worst_path is not None:
             save_worst(fake, iou, prompts, worst_path)

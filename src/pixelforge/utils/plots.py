@@ -103,3 +103,18 @@ def save(figure: Figure, path: str | Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     return path
+
+
+def curve_figure(x: Sequence[float], curves: dict[str, Sequence[float]], path: str | Path, xlabel: str,
+                 ylabel: str, title: str = "", target: float | None = None) -> Path:
+    """One line per named curve over ``x`` (markers at the points), with an optional dashed target level."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    for name, values in curves.items():
+        axes.plot(x, values, marker="o", label=name)
+    if target is not None:
+        axes.axhline(target, linestyle="--", color="grey", label=f"target {target:g}")
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    return save(figure, path)
