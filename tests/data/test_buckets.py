@@ -1,9 +1,11 @@
 """Aspect-ratio bucketing (data.buckets): buckets of about equal pixel count, images fitted to the nearest bucket
-with their crop and original size, one bucket per batch, every image once per epoch across ranks."""
+with their crop and original size, one bucket per batch, every image once per epoch across ranks; streamed shards
+batched by bucket as they stream."""
 
 from __future__ import annotations
 
 import random
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image
 from pixelforge.data import ImageDataModule
 from pixelforge.data.buckets import fit_to_bucket, make_buckets, nearest_bucket
 from pixelforge.data.folders import ImageTextFolderDataset
+from pixelforge.data.shards import LATENT, ShardLayoutError, ShardStream, npy_bytes, write_shards
 
 SIZES = [(64, 32)] * 6 + [(32, 64)] * 5 + [(40, 40)] * 7  # wide, tall, square (width, height)
 
@@ -92,3 +95,47 @@ def test_buckets_on_a_dataset_of_one_size_are_refused() -> None:
                          image_size=16, buckets={"step": 8})
     with pytest.raises(ValueError, match="data.buckets groups the images of image folders"):
         dm.build("train")
+
+
+def image_shard_samples(folder: Path, latent: bool = False) -> list[dict]:
+    """The folder's images and captions as shard samples (with a stand-in cached latent when ``latent``)."""
+    samples = []
+    for i in range(len(SIZES)):
+        sample = {"__key__": f"{i:04d}", "png": (folder / f"{i}.png").read_bytes(),
+                  "txt": (folder / f"{i}.txt").read_text()}
+        if latent:
+            sample[LATENT] = npy_bytes(torch.zeros(4, 4, 4))
+        samples.append(sample)
+    return samples
+
+
+def stream_datamodule(folder: Path, split: str, **dataset) -> ImageDataModule:
+    """The folder written as 3 shards of ``split``, streamed with buckets (batch 2, eval batch 4)."""
+    pytest.importorskip("webdataset")
+    pattern = str(folder / "shards" / f"{split}-%06d.tar")
+    (folder / "shards").mkdir(exist_ok=True)
+    write_shards(image_shard_samples(folder, dataset.pop("latent", False)), pattern, maxcount=6)
+    urls = {split: str(folder / "shards" / f"{split}-{{000000..000002}}.tar")}
+    return ImageDataModule(partial(ShardStream, urls, **dataset), batch_size=2, eval_batch_size=4, image_size=32,
+                           buckets={"step": 8, "max_ratio": 2.0}, transform={"flip": True})
+
+
+def test_streamed_shards_are_batched_one_bucket_at_a_time(folder: Path) -> None:
+    train = stream_datamodule(folder, "train", epoch_length=12).train_dataloader()
+    assert len(train) == 6  # 12 samples a rank and epoch, in batches of 2
+    batches = list(train)
+    assert len(batches) == 6
+    for batch in batches:
+        assert len(batch["caption"]) == 2 and len({tuple(size) for size in batch["original_size"].tolist()}) == 1
+        height, width = batch["image"].shape[-2:]
+        assert (height, width) in {(24, 40), (40, 24), (32, 32)} and batch["crop_top_left"].shape == (2, 2)
+    # evaluation streams every image once, the part-filled batches of each bucket at the end too
+    val = stream_datamodule(folder, "val").val_dataloader()
+    captions = [caption for batch in val for caption in batch["caption"]]
+    assert sorted(captions) == sorted(f"image {i}" for i in range(len(SIZES)))
+
+
+def test_streamed_cached_latents_cannot_be_bucketed(folder: Path) -> None:
+    loader = stream_datamodule(folder, "train", latent=True).train_dataloader()
+    with pytest.raises(ShardLayoutError, match="data.buckets=null"):
+        next(iter(loader))

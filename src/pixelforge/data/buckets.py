@@ -51,6 +51,20 @@ def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], random_crop: bool
     return image.crop((left, top, left + width, top + height)), (top, left)
 
 
+TO_TENSOR = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
+
+
+def bucket_item(image: Image.Image, bucket: tuple[int, int], train: bool, flip: bool,
+                rng: random.Random) -> dict[str, torch.Tensor]:
+    """``image`` fitted to ``bucket`` (a random crop and, with ``flip``, a mirror half the time when ``train``) as a
+    tensor in [-1, 1], with ``crop_top_left`` and ``original_size`` (height, width)."""
+    original = torch.tensor([image.height, image.width])
+    fitted, (top, left) = fit_to_bucket(image, bucket, train, rng)
+    if train and flip and rng.random() < 0.5:
+        fitted = fitted.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return {"image": TO_TENSOR(fitted), "crop_top_left": torch.tensor([top, left]), "original_size": original}
+
+
 class BucketedImages(Dataset):
     """A folder dataset (``files`` and ``item_labels``) whose images are fitted to their aspect-ratio buckets.
 
@@ -67,7 +81,6 @@ class BucketedImages(Dataset):
             with Image.open(path) as image:
                 self.sizes.append(image.size)
         self.bucket_of = [nearest_bucket(self.buckets, w, h) for w, h in self.sizes]
-        self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
 
     @property
     def channels(self) -> int:
@@ -81,13 +94,8 @@ class BucketedImages(Dataset):
         that live across epochs still draw each epoch's own crop and flip."""
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rng = random.Random(repr((self.seed, epoch, index)))
-        image, (top, left) = fit_to_bucket(self.dataset.load(index), self.buckets[self.bucket_of[index]],
-                                           self.train, rng)
-        if self.train and self.flip and rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        width, height = self.sizes[index]
-        return {"image": self.to_tensor(image), **self.dataset.item_labels(index),
-                "crop_top_left": torch.tensor([top, left]), "original_size": torch.tensor([height, width])}
+        item = bucket_item(self.dataset.load(index), self.buckets[self.bucket_of[index]], self.train, self.flip, rng)
+        return {**item, **self.dataset.item_labels(index)}
 
 
 class BucketBatchSampler(Sampler[list[tuple[int, int]]]):

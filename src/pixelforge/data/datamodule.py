@@ -70,12 +70,18 @@ class ImageDataModule(L.LightningDataModule):
             self.splits[split] = dataset
         return self.splits[split]
 
-    def bucketed(self, dataset: Dataset, train: bool) -> BucketedImages:
-        """``dataset``'s images fitted to their aspect-ratio buckets (``data.buckets``: image folders only)."""
+    def bucketed(self, dataset: Dataset, train: bool) -> Dataset:
+        """``dataset``'s images fitted to their aspect-ratio buckets (``data.buckets``): an image folder's as
+        ``BucketedImages``, a shard stream's batched by bucket as it streams."""
+        flip = bool(self.transform.get("flip"))
+        if isinstance(dataset, ShardStream):
+            dataset.batch_by_bucket(self.buckets, self.batch_size if train else self.eval_batch_size, flip)
+            return dataset
         if not hasattr(dataset, "item_labels"):
             raise ValueError(f"data.buckets groups the images of image folders (data=image_folder, image_text_folder) "
-                             f"by aspect ratio; {type(dataset).__name__} has images of one size: set data.buckets=null")
-        return BucketedImages(dataset, self.buckets, train, flip=bool(self.transform.get("flip")), seed=self.seed)
+                             f"and shards (data=webdataset) by aspect ratio; {type(dataset).__name__} has images of "
+                             "one size: set data.buckets=null")
+        return BucketedImages(dataset, self.buckets, train, flip=flip, seed=self.seed)
 
     def make_transform(self, train: bool) -> Transform:
         """The configured image transform, with its random augmentation when ``train``."""
@@ -137,9 +143,10 @@ class ImageDataModule(L.LightningDataModule):
         dataset's loader has only a constant sampler, so that one passes the epoch, and the step it starts at, to
         the stream. Workers start anew each epoch (not persistent), so they see it."""
         dataset.distribute(rank, world)
-        loader = DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                            num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            drop_last=shuffle and self.drop_last)
+        batched = dataset.buckets is not None  # the stream collates its own batches, one bucket each
+        loader = DataLoader(dataset, batch_size=None if batched else self.batch_size if shuffle else
+                            self.eval_batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            drop_last=shuffle and self.drop_last and not batched)
         trainer = self.trainer
         loader.sampler.set_epoch = lambda epoch: dataset.set_position(epoch, trainer.global_step if trainer else 0)
         return loader

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 from tqdm import tqdm
 
 from pixelforge.data.base import SPLITS, Transform, build_transform, check_split
+from pixelforge.data.buckets import bucket_item, nearest_bucket
 from pixelforge.data.folders import MODES
 from pixelforge.utils.images import to_uint8
 
@@ -133,6 +134,8 @@ class ShardStream(IterableDataset):
         self.max_bad_samples = max_bad_samples
         self.rank, self.world = 0, 1
         self.epoch, self.step = 0, 0
+        self.buckets: list[tuple[int, int]] | None = None
+        self.batch_size, self.flip = 1, False
 
     @property
     def train(self) -> bool:
@@ -151,11 +154,6 @@ class ShardStream(IterableDataset):
     def set_position(self, epoch: int, step: int) -> None:
         """Where training is: the stream of an epoch is drawn from ``(seed, epoch, step)`` at its start."""
         self.epoch, self.step = epoch, step
-
-    def __len__(self) -> int:
-        if self.epoch_length is None:
-            raise TypeError("a shard stream without data.dataset.epoch_length has no length")
-        return self.epoch_length
 
     def rng(self, *parts: Any) -> random.Random:
         """A generator seeded by the stream's position and ``parts`` (the same in every process)."""
@@ -177,6 +175,19 @@ class ShardStream(IterableDataset):
             if self.epoch_length is None:
                 return
 
+    def batch_by_bucket(self, buckets: Sequence[tuple[int, int]], batch_size: int, flip: bool = False) -> None:
+        """Fit each image to its aspect-ratio bucket (``data.buckets``, see ``data.buckets``) and yield whole
+        batches of one bucket each, collated as a bucket fills; ``epoch_length`` then counts ``batch_size`` samples a
+        batch, and the part-filled batches left when an evaluation stream ends are yielded too."""
+        if batch_size < 1:
+            raise ValueError(f"bucketed batches need a positive batch size, got {batch_size}")
+        self.buckets, self.batch_size, self.flip = list(buckets), batch_size, flip
+
+    def __len__(self) -> int:
+        if self.epoch_length is None:
+            raise TypeError("a shard stream without data.dataset.epoch_length has no length")
+        return self.epoch_length if self.buckets is None else self.epoch_length // self.batch_size
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -185,15 +196,22 @@ class ShardStream(IterableDataset):
         rng = self.rng(worker)
         if self.train:
             samples = webdataset().shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng)(samples)
+        items = self.items(samples, bad, rng)
+        if self.buckets is not None:
+            items = self.bucket_batches(items)
         quota = None
         if self.epoch_length is not None:
-            quota = self.epoch_length // workers + (worker < self.epoch_length % workers)
-        count, good_shards = 0, set()
+            total = len(self)
+            quota = total // workers + (worker < total % workers)
+        yield from itertools.islice(items, quota)
+
+    def items(self, samples: Iterable[dict[str, Any]], bad: BadSamples,
+              rng: random.Random) -> Iterator[dict[str, Any]]:
+        """The readable samples as items; bad ones are counted and skipped."""
+        good_shards = set()
         for sample in samples:
-            if quota is not None and count >= quota:
-                return
             try:
-                item = {"image": self.transform(self.decode(sample)), **self.labels(sample), **self.latent(sample, rng)}
+                item = {**self.image(sample, rng), **self.labels(sample), **self.latent(sample, rng)}
             except ShardLayoutError as error:
                 if sample.get("__url__") not in good_shards:  # the shard's samples are not what the config reads
                     raise
@@ -203,8 +221,32 @@ class ShardStream(IterableDataset):
                 bad(error)
                 continue
             good_shards.add(sample.get("__url__"))
-            count += 1
             yield item
+
+    def image(self, sample: Mapping[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        """The sample's image through the transform, or fitted to its bucket (with its crop and original size)."""
+        image = self.decode(sample)
+        if self.buckets is None:
+            return {"image": self.transform(image)}
+        if LATENT in sample:
+            raise ShardLayoutError(f"shard {sample.get('__url__')} holds cached latents ({LATENT}) of fixed-size "
+                                   "images, but data.buckets fits each image to its own bucket: stream the image "
+                                   "shards, or set data.buckets=null")
+        bucket = self.buckets[nearest_bucket(self.buckets, image.width, image.height)]
+        return bucket_item(image, bucket, self.train, self.flip, rng)
+
+    def bucket_batches(self, items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Collated batches of ``batch_size`` items of one bucket, each as its bucket fills; on evaluation splits
+        the part-filled ones at the end too (training drops them, as its batches drop the last)."""
+        waiting: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+        for item in items:
+            group = waiting.setdefault(tuple(item["image"].shape), [])
+            group.append(item)
+            if len(group) == self.batch_size:
+                yield default_collate(group)
+                group.clear()
+        if not self.train:
+            yield from (default_collate(group) for group in waiting.values() if group)
 
     def latent(self, sample: Mapping[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
         """The sample's cached first-stage latent when it has one (``scripts/cache_latents.py``), as ``latent``; on
