@@ -61,3 +61,14 @@ class FSDPStrategy(ModelParallelStrategy):
             fully_shard(block, **options)
         for network in networks:
             fully_shard(network, **options)
+
+
+def reshard(networks: Sequence[nn.Module]) -> None:
+    """Return the sharded ones of ``networks`` to their shards. A network that ran forward without a backward (the
+    EMA copy drawing the image logs) keeps its outermost weights gathered until its next forward; ``fully_shard``
+    frees them only after a backward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for network in networks:
+        if isinstance(network, FSDPModule):
+            network.reshard()

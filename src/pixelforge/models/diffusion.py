@@ -20,9 +20,8 @@ from pixelforge.modules.ema import EMA
 from pixelforge.modules.embeddings import coordinates
 from pixelforge.modules.first_stage import IdentityFirstStage
 from pixelforge.optim import configure_optimizer
-from pixelforge.parallel import FSDPStrategy
+from pixelforge.parallel import FSDPStrategy, reshard
 from pixelforge.utils.images import caption_images
-from pixelforge.validation import ConfigError
 
 UNET_SIZES = {"in_channels": "the latent channels, + 2 coordinate maps with coord_channels, + a concat map's "
                              "channels",
@@ -182,11 +181,8 @@ class DiffusionModel(L.LightningModule):
         return self.first_stage.embed_dim if channels == self.first_stage.in_channels else channels
 
     def sharded_networks(self) -> list[nn.Module]:
-        """What ``trainer=fsdp`` shards: the U-Net (the EMA copy would stay whole on every rank, so it is refused)."""
-        if self.ema is not None:
-            raise ConfigError("trainer=fsdp shards the U-Net, and its EMA copy would be a whole one on every rank: "
-                              "set model.ema=null")
-        return [self.unet]
+        """What ``trainer=fsdp`` shards: the U-Net, and its EMA copy alike (each rank averages its own shards)."""
+        return [self.unet] + ([self.ema.module["unet"]] if self.ema is not None else [])
 
     def configure_model(self) -> None:
         """Under ``trainer=fsdp``: shard the U-Net, block by block as the strategy's ``wrap`` names them."""
@@ -383,6 +379,7 @@ class DiffusionModel(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
+            reshard(self.sharded_networks())  # under trainer=fsdp the EMA averages shard by shard
             self.ema.update(self.trained())
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:

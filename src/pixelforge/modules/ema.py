@@ -10,6 +10,12 @@ import torch
 from torch import nn
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor's shard on this rank (trainer=fsdp shards the model and its EMA copy alike, so the average is
+    taken shard by shard), any other tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 class EMA(nn.Module):
     """Shadow copy of ``model`` updated as ``shadow = d * shadow + (1 - d) * model`` after each optimizer step.
 
@@ -39,8 +45,8 @@ class EMA(nn.Module):
     def update(self, model: nn.Module) -> None:
         """Move the shadow weights toward ``model``'s (one fused op per dtype group)."""
         decay = self.current_decay()
-        shadow = list(self.module.parameters())
-        live = [p.detach() for p in model.parameters()]
+        shadow = [local(p) for p in self.module.parameters()]
+        live = [local(p.detach()) for p in model.parameters()]
         torch._foreach_lerp_(shadow, live, 1.0 - decay)
         for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
