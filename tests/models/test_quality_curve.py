@@ -15,6 +15,8 @@ from test_latent_diffusion import tiny_ldm
 from torch import nn
 
 from pixelforge.callbacks.quality_curve import QualityCurve
+from pixelforge.cli import compose_config, parse
+from pixelforge.train import run
 
 
 class Renderer(nn.Module):
@@ -24,6 +26,7 @@ class Renderer(nn.Module):
     text_conditioned = True
     log_sampler = {"name": "dpmpp", "steps": 20}
     log_guidance_scale = 3.0
+    device = torch.device("cpu")
 
     def __init__(self, dataset, blank: bool = False) -> None:
         super().__init__()
@@ -37,10 +40,21 @@ class Renderer(nn.Module):
         return -torch.ones_like(images) if self.blank else images
 
 
-def judged(tmp_path: Path, blank: bool) -> tuple[dict, Renderer]:
+def judge(logdir: Path) -> Path:
+    """A two-step classifier_cnn_shapes run at 16 px: the attribute judge (untrained, but it predicts)."""
+    run(compose_config(*parse(["-t", "--no-test", "-l", str(logdir), "experiment=classifier_cnn_shapes",
+                               "data.image_size=16", "data.dataset.num_samples=16", "trainer.max_steps=2",
+                               "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
+                               "callbacks.progress_bar=null", "trainer.accelerator=cpu", "trainer.devices=1"])))
+    (run_dir,) = logdir.iterdir()
+    return run_dir
+
+
+def judged(tmp_path: Path, blank: bool, classifier: Path | None = None) -> tuple[dict, Renderer]:
     datamodule = shapes()
     model = Renderer(datamodule.build("heldout"), blank)
-    curve = QualityCurve(str(tmp_path / "curve"), every_n_steps=1, n_samples=12, batch_size=5)
+    curve = QualityCurve(str(tmp_path / "curve"), every_n_steps=1, n_samples=12, batch_size=5,
+                         classifier=classifier and str(classifier))
     trainer = SimpleNamespace(datamodule=datamodule)
     curve.on_fit_start(trainer, model)
     return curve.judge(trainer, model), model
@@ -51,8 +65,8 @@ def test_the_datasets_own_renders_fit_and_blank_images_do_not(tmp_path: Path) ->
     assert right["shape_fit"] == 1.0 and right["shape_iou"] == pytest.approx(1.0)
     assert model.calls[0]["scale"] == 3.0 and model.calls[0]["sampler"] == "dpmpp"  # what txt2img.py uses
     assert len(model.calls) == 3  # 12 samples in batches of 5
-    blank, _ = judged(tmp_path, blank=True)
-    assert blank["shape_fit"] == 0.0
+    blank, _ = judged(tmp_path, blank=True, classifier=judge(tmp_path / "judge"))
+    assert blank["shape_fit"] == 0.0 and 0 <= blank["all_attributes"] <= 1  # and the judge read every attribute
 
 
 def test_training_writes_the_curve_against_wall_time(tmp_path: Path) -> None:

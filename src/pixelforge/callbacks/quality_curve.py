@@ -11,9 +11,9 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from pixelforge.data.shapes import ShapesDataset
+from pixelforge.metrics.features import ClassifierFeatures
 from pixelforge.metrics.generation import conditional_accuracy, dataset_conditions, fit_labels, generate
 from pixelforge.metrics.shape_fidelity import THRESHOLD, shape_fidelity
-from pixelforge.runs import load_run
 from pixelforge.utils.plots import curve_figure
 
 
@@ -51,7 +51,7 @@ class QualityCurve(L.Callback):
                              f"ldm_shapes_txt2img); this run has a {type(pl_module).__name__} on "
                              f"{type(dataset).__name__}. Set callbacks.quality_curve.every_n_steps=0")
         if self.classifier_run is not None:
-            self.classifier = load_run(self.classifier_run)[1].requires_grad_(False).eval()
+            self.classifier = ClassifierFeatures(self.classifier_run)
         self.sample_kwargs = {"sampler": pl_module.log_sampler["name"], "steps": pl_module.log_sampler.get("steps"),
                               "scale": pl_module.log_guidance_scale, **self.sample_kwargs}
         self.start, self.off_clock, self.points = time.perf_counter(), 0.0, []
@@ -80,7 +80,7 @@ class QualityCurve(L.Callback):
     def judge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """The shape fit (and the classifier's all-attribute accuracy) of ``n_samples`` samples of the split."""
         dataset = trainer.datamodule.build(self.split)
-        keys = list(getattr(self.classifier, "targets", {}))
+        keys = list(self.classifier.classifier.targets) if self.classifier is not None else []
         labels, prompts = dataset_conditions(dataset, self.n_samples, keys, pl_module.conditioner.text_key,
                                              self.seed)
         was_training = pl_module.training
