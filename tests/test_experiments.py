@@ -1,16 +1,17 @@
 """Every experiment config composes and trains for two steps, downloadable datasets replaced by tiny stand-ins.
 
 All runs share one log directory, so a latent-diffusion recipe reuses the two-step run of its first-stage
-experiment (or trains one first when run alone) through the real reuse logic of ``main.py``. The GPU recipes
-are built at full size (a 400M-parameter U-Net among them), so their checkpoints hold weights only and are
-deleted once checked, except a first stage's, which the latent-diffusion recipes load: the suite would otherwise
-write tens of GB.
+experiment (or trains one first when run alone) through the real reuse logic of ``main.py``. The GPU recipes'
+networks train at width 32 (``narrowed``; ``test_full_width_builds`` builds them at full width on the meta device),
+and the checkpoints hold weights only and are deleted once checked, except a first stage's, which the
+latent-diffusion recipes load.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import sd_tiny
 import torch
@@ -18,9 +19,11 @@ from fake_data import write_captioned_images, write_fake_dataset
 from omegaconf import DictConfig, OmegaConf
 from sd_tiny import write_tiny_sd
 
+from pixelforge.benchmark.recipes import compose
 from pixelforge.cli import compose_config, experiments, parse
 from pixelforge.stages import connect, plan
-from pixelforge.train import run
+from pixelforge.train import build_model, run
+from pixelforge.utils.meta import parameters_on_meta
 
 SMOKE = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
          "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
@@ -31,6 +34,9 @@ SMOKE = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_te
          "callbacks.image_logger.log_on_val=false",
          # one checkpoint (last.ckpt), without optimiser state: a full-size GPU recipe's would take GBs
          "callbacks.model_checkpoint.save_top_k=0", "+callbacks.model_checkpoint.save_weights_only=true"]
+
+
+WIDTHS, NARROW, GPU_WIDTH = ("unet.model_channels", "ddconfig.ch"), 32, 128
 
 
 def clip_run(tmp_path: Path) -> Path:
@@ -73,10 +79,19 @@ def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
     return weights
 
 
+def narrowed(cfg: DictConfig) -> list[str]:
+    """Overrides that train a GPU recipe's U-Net or autoencoder at width 32 (its depth, levels, attention and head
+    width kept): a two-step run at full width spends minutes and GBs on weights. ``test_full_width_builds`` builds
+    each of them whole, on the meta device. A recipe fine-tuning released weights keeps their size."""
+    if cfg.model._target_.endswith("stable_diffusion.pretrained"):
+        return []
+    return [f"model.{key}={NARROW}" for key in WIDTHS if (OmegaConf.select(cfg.model, key) or 0) >= GPU_WIDTH]
+
+
 def smoke_config(overrides: list[str], tmp_path: Path) -> DictConfig:
-    """The two-step config of ``overrides`` with stand-in data."""
+    """The two-step config of ``overrides`` with stand-in data, a GPU recipe's networks narrowed."""
     cfg = compose_config(*parse(overrides))
-    overrides = [*overrides, *stand_in(cfg, tmp_path), *SMOKE]
+    overrides = [*overrides, *stand_in(cfg, tmp_path), *narrowed(cfg), *SMOKE]
     if "log_sampler" in cfg.model:
         overrides.append("model.log_sampler.steps=2")
     if "knn" in cfg.model:  # the kNN monitor embeds this many training images
@@ -113,3 +128,23 @@ def test_experiment_trains_two_steps(experiment: str, shared_dir: Path, first_st
     assert metrics and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     if experiment not in first_stages:
         last.unlink()
+
+
+def test_full_width_builds() -> None:
+    """What the smoke runs narrow, built at its configured width (on the meta device: no memory, no time). A
+    pretrained Hugging Face text encoder cannot be built there; our own text transformer stands in for it."""
+    built = []
+    for experiment in experiments():
+        cfg = compose_config(*parse([f"experiment={experiment}"]))
+        if not narrowed(cfg):
+            continue
+        hf = "FrozenHF" in str(OmegaConf.select(cfg, "model.conditioner.caption.encoder._target_"))
+        own = ["model/text_encoder@model.conditioner.caption.encoder=transformer",
+               "~model.conditioner.caption.encoder.max_length"]
+        cfg = compose(experiment, own if hf else [], torch.device("cpu"))
+        with parameters_on_meta():
+            model = build_model(cfg, L.Trainer(accelerator="cpu", devices=1, logger=False))
+        widths = [OmegaConf.select(cfg.model, key) for key in WIDTHS if OmegaConf.select(cfg.model, key)]
+        assert min(widths) >= GPU_WIDTH and sum(p.numel() for p in model.parameters()) > 10_000_000, experiment
+        built.append(experiment)
+    assert {"ldm_celeba64", "ldm_image_text_folder", "autoencoder_kl_celeba64", "ddpm_cifar10"} <= set(built)

@@ -81,6 +81,8 @@ def test_training_writes_the_curve_against_wall_time(tmp_path: Path) -> None:
     assert 0 < points[0]["train_seconds"] < points[1]["train_seconds"]
     assert all(0 <= p["shape_fit"] <= 1 and "shape_fit/circle" in p or "shape_fit/square" in p for p in points)
     assert (tmp_path / "curve.png").stat().st_size > 0
+    curve.on_fit_start(trainer, trainer.lightning_module)  # as a resumed run does: the curve goes on from there
+    assert curve.points == points and curve.off_clock == points[-1]["curve_seconds"]
 
 
 def test_other_models_are_refused_by_name(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def test_quick_benchmark_without_peers(tmp_path: Path) -> None:
     first_stage = compose_config(*parse([f"experiment={RECIPE}"])).model.first_stage.experiment
     untrained_run(first_stage, logs / f"2026-01-01T00-00-00_{first_stage}")  # the quality case trains on it
     result = script("benchmark.py", "--quick", "--no-peers", "--device", "cpu", "--cases", "all", "--out", str(out),
-                    "-l", str(logs))
+                    "-l", str(logs), "--precision", "fp32")  # bf16 is autocast around the same calls
     assert result.returncode == 0, result.stderr
     assert "measuring pixelforge alone" in result.stdout
     records = json.loads(out.read_text())
@@ -55,7 +55,7 @@ def test_quick_benchmark_without_peers(tmp_path: Path) -> None:
     assert {"text_train", "text_forward", "uncond_train", "utilisation", f"data_{RECIPE}", "sd_train",
             "sd_forward", "latents_train"} <= cases
     assert any(case.startswith("sample_dpmpp") for case in cases) and any(c.startswith("sample_ddim") for c in cases)
-    assert {r["precision"] for r in records} == {"fp32", "bf16"}
+    assert {r["precision"] for r in records} == {"fp32"}
     for r in records:
         assert r.keys() >= KEYS, r["case"]
         assert r["ours_ms"] > 0, r
@@ -65,7 +65,7 @@ def test_quick_benchmark_without_peers(tmp_path: Path) -> None:
     quality = next(r for r in records if r["case"] == "time_to_quality")
     assert [p["step"] for p in quality["points"]] == [1, 2] and Path(quality["curve"]).is_file()
     assert 0 <= quality["final_shape_fit"] <= 1 and quality["ours_ms"] > 0
-    latents = {r["model"]: r for r in records if r["case"] == "latents_train" and r["precision"] == "fp32"}
+    latents = {r["model"]: r for r in records if r["case"] == "latents_train"}
     assert latents.keys() == {RECIPE, "sd v1 toy"} and all(r["peer_ms"] > 0 for r in latents.values())
     utilisation = next(r for r in records if r["case"] == "utilisation")
     assert utilisation["ours_flops_per_step"] > 0 and utilisation["matmul_gflops"] > 0
@@ -75,6 +75,15 @@ def test_quick_benchmark_without_peers(tmp_path: Path) -> None:
     unet = training_unet(tmp_path)
     assert text["model"] == RECIPE and text["in_channels"] == unet.config["in_channels"] == 6
     assert text["ours_params"] == sum(p.numel() for p in unet.parameters())
+
+
+def test_bf16_steps_run_under_autocast(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = script("benchmark.py", "--quick", "--no-peers", "--device", "cpu", "--cases", "uncond", "--precision",
+                    "bf16", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    (uncond,) = json.loads(out.read_text())
+    assert uncond["case"] == "uncond_train" and uncond["precision"] == "bf16" and uncond["ours_ms"] > 0
 
 
 def test_unknown_experiment_is_refused() -> None:

@@ -22,8 +22,9 @@ class QualityCurve(L.Callback):
     the EMA weights and record their ``shape_fit`` (``metrics.shape_fidelity``) against the wall time training has
     taken so far, in ``<path>.json`` and ``<path>.png``. The callback's own sampling is left off the
     clock (each point says how much, cumulatively, in ``curve_seconds``), so the curve shows what training alone
-    took to get there. ``every_n_steps: 0`` switches it off;
-    ``classifier`` (a ``classifier_cnn_shapes`` run) adds the share of samples it reads right on every attribute.
+    took to get there. A resumed run continues the curve, its clock from the last point. ``every_n_steps: 0``
+    switches it off; ``classifier`` (a ``classifier_cnn_shapes`` run) adds the share of samples it reads right on
+    every attribute.
     Sampling follows the model's image logging (``log_sampler``, ``log_guidance_scale``: what txt2img.py uses)
     unless ``sample_kwargs`` says otherwise; ``target`` is drawn as a dashed line.
     """
@@ -40,6 +41,7 @@ class QualityCurve(L.Callback):
         self.sample_kwargs, self.target = dict(sample_kwargs or {}), target
         self.points: list[dict[str, Any]] = []
         self.start = self.off_clock = 0.0
+        self.measured_step = -1
         self.classifier = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -54,18 +56,26 @@ class QualityCurve(L.Callback):
             self.classifier = ClassifierFeatures(self.classifier_run)
         self.sample_kwargs = {"sampler": pl_module.log_sampler["name"], "steps": pl_module.log_sampler.get("steps"),
                               "scale": pl_module.log_guidance_scale, **self.sample_kwargs}
-        self.start, self.off_clock, self.points = time.perf_counter(), 0.0, []
+        saved = Path(self.path).with_suffix(".json")  # a resumed run (-r) continues its curve and its clock
+        self.points = json.loads(saved.read_text()) if saved.is_file() else []
+        last = self.points[-1] if self.points else {"train_seconds": 0.0, "curve_seconds": 0.0}
+        self.off_clock, self.measured_step = last["curve_seconds"], -1
+        self.start = time.perf_counter() - last["train_seconds"] - self.off_clock
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self.measure(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.every_n_steps and (not self.points or self.points[-1]["step"] != trainer.global_step):
+        if self.every_n_steps:
             self.measure(trainer, pl_module)
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Add one point (on rank 0) and rewrite the JSON and the PNG curve."""
+        """Add one point (on rank 0) and rewrite the JSON and the PNG curve, once per optimizer step (batches that
+        accumulate gradients share one)."""
+        if trainer.global_step == self.measured_step:
+            return
+        self.measured_step = trainer.global_step
         begun = time.perf_counter()
         if trainer.is_global_zero:
             point = {"step": trainer.global_step, "epoch": trainer.current_epoch,
