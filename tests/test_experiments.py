@@ -80,12 +80,14 @@ def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
 
 
 def narrowed(cfg: DictConfig) -> list[str]:
-    """Overrides that train a GPU recipe's U-Net or autoencoder at width 32 (its depth, levels, attention and head
-    width kept): a two-step run at full width spends minutes and GBs on weights. ``test_full_width_builds`` builds
-    each of them whole, on the meta device. A recipe fine-tuning released weights keeps their size."""
+    """Overrides that train a GPU recipe's U-Net or autoencoder at width 32, or its head width if wider (depth,
+    levels, attention and head width kept): a two-step run at full width spends minutes and GBs on weights.
+    ``test_full_width_builds`` builds each of them whole, on the meta device. A recipe fine-tuning released
+    weights keeps their size."""
     if cfg.model._target_.endswith("stable_diffusion.pretrained"):
         return []
-    return [f"model.{key}={NARROW}" for key in WIDTHS if (OmegaConf.select(cfg.model, key) or 0) >= GPU_WIDTH]
+    width = max(NARROW, OmegaConf.select(cfg.model, "unet.num_head_channels") or 0)  # whole heads
+    return [f"model.{key}={width}" for key in WIDTHS if (OmegaConf.select(cfg.model, key) or 0) >= GPU_WIDTH]
 
 
 def smoke_config(overrides: list[str], tmp_path: Path) -> DictConfig:

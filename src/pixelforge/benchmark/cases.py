@@ -237,7 +237,7 @@ def quality_case(experiment: str, cfg: Settings, logdir: str, device: torch.devi
     curve's own sampling, and its peak memory."""
     quality = cfg["quality"]
     accelerator = "cpu" if device.type == "cpu" else "gpu"
-    overrides = [f"experiment={experiment}", "-l", logdir, f"trainer.accelerator={accelerator}",
+    overrides = [f"experiment={experiment}", "-l", logdir, f"trainer.accelerator={accelerator}", "trainer.devices=1",
                  *cfg["recipe"]["overrides"], *quality["overrides"],
                  f"callbacks.quality_curve.every_n_steps={quality['every_n_steps']}",
                  f"callbacks.quality_curve.n_samples={quality['n_samples']}"]
