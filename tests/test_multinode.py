@@ -63,3 +63,16 @@ def test_two_nodes_train_into_one_run_directory_agree_on_the_weights_and_resume(
     resumed = digests(run_dir)
     assert resumed[0] == resumed[1] != first[0] and resumed[0].split()[1] == "5"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
+
+
+def test_num_nodes_that_do_not_match_torchruns_world_size_are_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    from pixelforge.cli import main
+
+    for key, value in {"WORLD_SIZE": "4", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["-t", "-l", str(tmp_path), "experiment=classifier_cnn_digits", "trainer.accelerator=cpu",
+                 "trainer.num_nodes=2", "trainer.devices=1", "trainer.strategy=ddp"]) == 2
+    error = capsys.readouterr().err
+    assert "trainer.num_nodes=2 x trainer.devices=1 is 2 processes, but the launcher started WORLD_SIZE=4" in error
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written (no hang waiting for ranks)

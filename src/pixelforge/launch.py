@@ -34,6 +34,20 @@ def external_rank() -> int | None:
     return None
 
 
+def world_size_mismatch(num_nodes: int, devices: object, environ: dict[str, str] | None = None) -> str | None:
+    """What is wrong when torchrun started ``WORLD_SIZE`` processes but ``trainer.num_nodes`` x ``trainer.devices``
+    (a number) asks for another count (Lightning would wait for processes that never come); else None."""
+    env = os.environ if environ is None else environ
+    launched = int(env.get("WORLD_SIZE", "1"))
+    if launched <= 1 or "RANK" not in env or isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        return None
+    if num_nodes * devices == launched:
+        return None
+    return (f"trainer.num_nodes={num_nodes} x trainer.devices={devices} is {num_nodes * devices} processes, but the "
+            f"launcher started WORLD_SIZE={launched}: set trainer.num_nodes to the number of nodes and "
+            f"trainer.devices to the processes per node (their product {launched})")
+
+
 def launch_key() -> str:
     """What every process of this launch shares and no other launch does."""
     env = os.environ

@@ -184,6 +184,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     count is the run's own: the process gets its own back when the run ends."""
     check_runnable(cfg)
     check_config(cfg)
+    mismatch = launch.world_size_mismatch(int(cfg.trainer.get("num_nodes", 1)), cfg.trainer.get("devices", "auto"))
+    if mismatch:
+        raise ConfigError(mismatch)
     datamodule = build_datamodule(cfg)
     choice, threads = thread_choice(cfg), torch.get_num_threads()
     new = not cfg.run_dir and not is_child_process() and not launch.external_rank()

@@ -176,7 +176,7 @@ class ShardStream(IterableDataset):
                 return
 
     def batch_by_bucket(self, buckets: Sequence[tuple[int, int]], batch_size: int, flip: bool = False) -> None:
-        """Fit each image to its aspect-ratio bucket (``data.buckets``, see ``data.buckets``) and yield whole
+        """Fit each image to its aspect-ratio bucket (``data.buckets``; see ``pixelforge.data.buckets``) and yield whole
         batches of one bucket each, collated as a bucket fills; ``epoch_length`` then counts ``batch_size`` samples a
         batch, and the part-filled batches left when an evaluation stream ends are yielded too."""
         if batch_size < 1:
