@@ -2,7 +2,7 @@
 
 All runs share one log directory, so a latent-diffusion recipe reuses the two-step run of its first-stage
 experiment (or trains one first when run alone) through the real reuse logic of ``main.py``. The GPU recipes'
-networks train at width 32 (``narrowed``; ``test_full_width_builds`` builds them at full width on the meta device),
+networks train at width 32 or their head width (``narrowed``; ``test_full_width_builds`` builds them at full width),
 and the checkpoints hold weights only and are deleted once checked, except a first stage's, which the
 latent-diffusion recipes load.
 """
