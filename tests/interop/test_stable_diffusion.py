@@ -167,6 +167,10 @@ def test_convert_script_rewrites_a_ckpt_as_safetensors_and_refuses_other_archite
                                                    "caption"))
     with pytest.raises(ValueError, match=r"not Stable Diffusion's architecture.*'caption': 'TransformerTextEncoder'"):
         sd.compvis_state_dict(own)
+    patched = {**TINY, "first_stage": {**TINY["first_stage"], "ddconfig": {**TINY["first_stage"]["ddconfig"],
+                                                                            "patch_size": 2}}}
+    with pytest.raises(ValueError, match=r"not Stable Diffusion's architecture.*2x2 pixel patches"):
+        sd.compvis_state_dict(sd.build("v1", patched))
 
 
 def test_openclip_text_weights_give_sd2s_penultimate_tokens() -> None:

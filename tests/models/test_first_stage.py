@@ -20,7 +20,8 @@ DDCONFIG = {"in_channels": 3, "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "
 
 
 def tiny(kind: str, **kwargs) -> FirstStageModel:
-    common = {"ddconfig": DDCONFIG, "embed_dim": 2, "image_size": 16, "optimizer": partial(torch.optim.Adam, lr=3e-3)}
+    common = {"ddconfig": kwargs.pop("ddconfig", DDCONFIG), "embed_dim": 2, "image_size": 16,
+              "optimizer": partial(torch.optim.Adam, lr=3e-3)}
     if kind == "kl":
         return AutoencoderKL(**common, **kwargs)
     return VQModel(n_embed=16, dead_threshold=0.1, **common, **kwargs)
@@ -68,10 +69,11 @@ def test_vq_decode_quantises_its_input() -> None:
     torch.testing.assert_close(model.decode(z), model.decode(quantized))
 
 
-@pytest.mark.parametrize("kind", ["kl", "vq"])
-def test_loss_falls_on_a_tiny_batch(kind: str) -> None:
+@pytest.mark.parametrize("kind, patch_size", [("kl", 1), ("vq", 1), ("kl", 2)])
+def test_loss_falls_on_a_tiny_batch(kind: str, patch_size: int) -> None:
     torch.manual_seed(0)
-    model = tiny(kind)
+    model = tiny(kind, ddconfig={**DDCONFIG, "patch_size": patch_size})
+    assert model.latent_shape == (2, 8 // patch_size, 8 // patch_size)
     x = blobs()
     optimizer = model.optimizer([p for p in model.parameters() if p.requires_grad])
     losses = []

@@ -7,7 +7,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from pixelforge.modules.distributions import DiagonalGaussian
-from pixelforge.modules.first_stage import Decoder, Encoder
+from pixelforge.modules.first_stage import Decoder, Encoder, downsample_factor
 from pixelforge.modules.patchgan import NLayerDiscriminator
 from pixelforge.modules.quantize import VectorQuantizer
 
@@ -22,6 +22,31 @@ def test_encoder_decoder_shapes(ch_mult: tuple[int, ...], double_z: bool) -> Non
     h = Encoder(3, ch_mult=ch_mult, double_z=double_z, **TINY)(x)
     assert h.shape == (2, 6 if double_z else 3, 16 // f, 16 // f)
     assert Decoder(3, ch_mult=ch_mult, **TINY)(h[:, :3]).shape == x.shape
+
+
+@pytest.mark.parametrize("patch_size", [2, 4])
+def test_patches_fold_into_channels_and_back(patch_size: int) -> None:
+    """patch_size p multiplies the factor by p, and no layer runs at full resolution: the first conv sees H/p."""
+    x = torch.randn(2, 3, 16, 16)
+    encoder = Encoder(3, ch_mult=(1, 2), patch_size=patch_size, **TINY)
+    seen = []
+    encoder.conv_in.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    h = encoder(x)
+    f = downsample_factor((1, 2), patch_size)
+    assert f == 2 * patch_size and h.shape == (2, 6, 16 // f, 16 // f)
+    assert seen == [(2, 3 * patch_size**2, 16 // patch_size, 16 // patch_size)]
+    assert Decoder(3, ch_mult=(1, 2), patch_size=patch_size, **TINY)(h[:, :3]).shape == x.shape
+
+
+def test_pixel_shuffle_is_the_inverse_of_unshuffle() -> None:
+    """The decoder's output conv writes each p x p patch where the encoder's input conv read it."""
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(torch.nn.functional.pixel_shuffle(torch.nn.functional.pixel_unshuffle(x, 2), 2), x)
+
+
+def test_bad_patch_size_is_named() -> None:
+    with pytest.raises(ValueError, match="patch_size >= 1, got .*, 0"):
+        Decoder(3, ch_mult=(1, 2), patch_size=0, **TINY)
 
 
 def test_bad_widths_are_named() -> None:

@@ -317,6 +317,8 @@ def check_exportable(model: DiffusionModel) -> None:
                         "tower (FrozenTextTower)")
     if not isinstance(model.first_stage, AutoencoderKL):
         problems.append(f"its first stage is a {type(model.first_stage).__name__}, not a KL autoencoder")
+    elif (patch := model.first_stage.hparams["ddconfig"].get("patch_size", 1)) != 1:
+        problems.append(f"its first stage folds {patch}x{patch} pixel patches into channels (patch_size {patch})")
     if model.coord_channels:
         problems.append("its U-Net takes coordinate maps (coord_channels)")
     if problems:

@@ -21,7 +21,7 @@ from pixelforge.metrics.features import ClassifierFeatures
 from pixelforge.metrics.fid import fid
 from pixelforge.metrics.reconstruction import psnr, ssim
 from pixelforge.models.autoencoder import LOSSES, difference_map
-from pixelforge.modules.first_stage import Decoder, Encoder
+from pixelforge.modules.first_stage import Decoder, Encoder, downsample_factor
 from pixelforge.optim import configure_optimizer, optimizer_step
 from pixelforge.runs import load_run, model_config
 
@@ -61,7 +61,8 @@ class FirstStageModel(L.LightningModule):
     """Encoder -> 1x1 ``quant_conv`` -> latent ``embed_dim x H/f x W/f`` -> 1x1 ``post_quant_conv`` -> Decoder.
 
     ``ddconfig`` holds the CompVis encoder/decoder keys (``in_channels``, ``ch``, ``ch_mult``, ``num_res_blocks``,
-    ``z_channels``, ``dropout``, ``num_groups``); subclasses add the latent regulariser through ``forward``.
+    ``z_channels``, ``dropout``, ``num_groups``, ``patch_size``); subclasses add the latent regulariser through
+    ``forward``.
 
     The reconstruction term is the per-pixel mean L1 (CompVis; ``loss_type: l2`` optimises PSNR directly) plus,
     with ``perceptual``, ``weight`` times the squared distance of the L2-normalised penultimate features of a
@@ -104,7 +105,7 @@ class FirstStageModel(L.LightningModule):
         missing = {"ch_mult", "z_channels"} - set(ddconfig)
         if missing:
             raise ValueError(f"ddconfig lacks {sorted(missing)}; it takes in_channels, ch, ch_mult, num_res_blocks, "
-                             f"z_channels, dropout, num_groups, norm_eps and asymmetric_downsample, got "
+                             f"z_channels, dropout, num_groups, norm_eps, asymmetric_downsample and patch_size, got "
                              f"{sorted(ddconfig)}")
         config = dict(ddconfig)
         channels = config.pop("in_channels", 3)
@@ -116,10 +117,11 @@ class FirstStageModel(L.LightningModule):
         self.post_quant_conv = nn.Conv2d(embed_dim, config["z_channels"], 1)
         self.embed_dim = embed_dim
         self.in_channels = channels
-        self.downsample_factor = 2 ** (len(config["ch_mult"]) - 1)
+        self.downsample_factor = downsample_factor(config["ch_mult"], config.get("patch_size", 1))
         if image_size % self.downsample_factor:
             raise ValueError(f"image_size {image_size} is not divisible by the downsample factor "
-                             f"{self.downsample_factor} of ch_mult {list(config['ch_mult'])}")
+                             f"{self.downsample_factor} of ch_mult {list(config['ch_mult'])} and patch_size "
+                             f"{config.get('patch_size', 1)}")
         side = image_size // self.downsample_factor
         self.latent_shape: tuple[int, ...] = (embed_dim, side, side)
         self.rec_loss = LOSSES[loss_type]

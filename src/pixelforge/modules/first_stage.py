@@ -40,6 +40,18 @@ class ResnetBlock(nn.Module):
         return self.skip(x) + h
 
 
+def check_architecture(ch_mult: Sequence[int], num_res_blocks: int, patch_size: int) -> None:
+    """Reject an encoder/decoder shape that cannot be built, naming the bad value."""
+    if not ch_mult or num_res_blocks < 1 or patch_size < 1:
+        raise ValueError(f"need a non-empty ch_mult, num_res_blocks >= 1 and patch_size >= 1, got "
+                         f"{list(ch_mult)}, {num_res_blocks}, {patch_size}")
+
+
+def downsample_factor(ch_mult: Sequence[int], patch_size: int = 1) -> int:
+    """How much smaller the latents are than the images: ``patch_size`` times 2 per level after the first."""
+    return patch_size * 2 ** (len(ch_mult) - 1)
+
+
 def mid_block(channels: int, num_groups: int, dropout: float, norm_eps: float) -> nn.Sequential:
     """ResnetBlock, single-head self-attention, ResnetBlock: the lowest-resolution block of encoder and decoder."""
     return nn.Sequential(ResnetBlock(channels, channels, num_groups, dropout, norm_eps),
@@ -51,18 +63,20 @@ class Encoder(nn.Module):
     """Images -> latent moments: ``num_res_blocks`` ResnetBlocks per level of width ``ch * ch_mult[i]``, a stride-2
     downsample between levels (``2**(len(ch_mult) - 1)`` in all), a mid block with attention, then
     ``z_channels`` outputs (twice that with ``double_z``: mean and log-variance of a Gaussian posterior).
-    Stable Diffusion's VAE uses ``norm_eps`` 1e-6 and ``asymmetric_downsample`` (see ``Downsample``)."""
+    Stable Diffusion's VAE uses ``norm_eps`` 1e-6 and ``asymmetric_downsample`` (see ``Downsample``).
+    ``patch_size`` p > 1 folds each p x p patch into channels first (pixel unshuffle), so no layer runs at full
+    resolution and the factor grows by p: the full-resolution level costs most of a small autoencoder's FLOPs."""
 
     def __init__(self, in_channels: int = 3, ch: int = 128, ch_mult: Sequence[int] = (1, 2, 4, 4),
                  num_res_blocks: int = 2, z_channels: int = 4, double_z: bool = True, dropout: float = 0.0,
-                 num_groups: int = 32, norm_eps: float = 1e-5, asymmetric_downsample: bool = False) -> None:
+                 num_groups: int = 32, norm_eps: float = 1e-5, asymmetric_downsample: bool = False,
+                 patch_size: int = 1) -> None:
         super().__init__()
-        if not ch_mult or num_res_blocks < 1:
-            raise ValueError(f"need a non-empty ch_mult and num_res_blocks >= 1, got {list(ch_mult)}, "
-                             f"{num_res_blocks}")
+        check_architecture(ch_mult, num_res_blocks, patch_size)
         widths = [ch * m for m in ch_mult]
         check_groups([ch, *widths], num_groups)
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.patch_size = patch_size
+        self.conv_in = nn.Conv2d(in_channels * patch_size**2, ch, 3, padding=1)
         layers: list[nn.Module] = []
         width = ch
         for level, out in enumerate(widths):
@@ -78,21 +92,20 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B,in_channels,H,W -> B,(2*)z_channels,H/f,W/f."""
-        h = self.mid(self.down(self.conv_in(x)))
+        h = self.mid(self.down(self.conv_in(F.pixel_unshuffle(x, self.patch_size))))
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
     """Latents -> images, mirroring ``Encoder``: mid block with attention, then ``num_res_blocks + 1`` ResnetBlocks
-    per level from the widest, a nearest-neighbour upsample and 3x3 conv between levels; outputs are unbounded."""
+    per level from the widest, a nearest-neighbour upsample and 3x3 conv between levels; outputs are unbounded.
+    ``patch_size`` p > 1 ends in p x p outputs per position, unfolded into pixels (pixel shuffle)."""
 
     def __init__(self, out_channels: int = 3, ch: int = 128, ch_mult: Sequence[int] = (1, 2, 4, 4),
                  num_res_blocks: int = 2, z_channels: int = 4, dropout: float = 0.0, num_groups: int = 32,
-                 norm_eps: float = 1e-5) -> None:
+                 norm_eps: float = 1e-5, patch_size: int = 1) -> None:
         super().__init__()
-        if not ch_mult or num_res_blocks < 1:
-            raise ValueError(f"need a non-empty ch_mult and num_res_blocks >= 1, got {list(ch_mult)}, "
-                             f"{num_res_blocks}")
+        check_architecture(ch_mult, num_res_blocks, patch_size)
         widths = [ch * m for m in reversed(ch_mult)]
         check_groups(widths, num_groups)
         width = widths[0]
@@ -107,7 +120,8 @@ class Decoder(nn.Module):
                 layers.append(Upsample(width))
         self.up = nn.Sequential(*layers)
         self.norm_out = nn.GroupNorm(num_groups, width, eps=norm_eps)
-        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+        self.patch_size = patch_size
+        self.conv_out = nn.Conv2d(width, out_channels * patch_size**2, 3, padding=1)
 
     @property
     def last_layer(self) -> torch.Tensor:
@@ -117,7 +131,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """B,z_channels,h,w -> B,out_channels,h*f,w*f."""
         h = self.up(self.mid(self.conv_in(z)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), self.patch_size)
 
 
 class IdentityFirstStage(nn.Module):
