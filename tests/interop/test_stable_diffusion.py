@@ -171,6 +171,9 @@ def test_convert_script_rewrites_a_ckpt_as_safetensors_and_refuses_other_archite
                                                                             "patch_size": 2}}}
     with pytest.raises(ValueError, match=r"not Stable Diffusion's architecture.*2x2 pixel patches"):
         sd.compvis_state_dict(sd.build("v1", patched))
+    placed = {**TINY, "unet": {**TINY["unet"], "transformer_pos_embed": True}}
+    with pytest.raises(ValueError, match=r"not Stable Diffusion's architecture.*transformer_pos_embed"):
+        sd.compvis_state_dict(sd.build("v1", placed))
 
 
 def test_openclip_text_weights_give_sd2s_penultimate_tokens() -> None:

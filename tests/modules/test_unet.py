@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pixelforge.modules.embeddings import timestep_embedding
+from pixelforge.modules.embeddings import position_embedding, timestep_embedding
 from pixelforge.modules.unet import UNetModel
 
 TINY: dict[str, Any] = {"model_channels": 16, "num_groups": 8, "channel_mult": (1, 2), "num_res_blocks": 1}
@@ -158,6 +158,31 @@ def test_timestep_embedding_matches_closed_form() -> None:
         expected = [math.cos(step * f) for f in freqs] + [math.sin(step * f) for f in freqs] + [0.0]
         torch.testing.assert_close(emb[row], torch.tensor(expected), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(timestep_embedding(t.float(), dim), emb)
+
+
+def test_position_embedding_matches_closed_form() -> None:
+    emb = position_embedding(2, 3, 10)  # two frequencies per sin/cos and axis, two zero columns
+    assert emb.shape == (6, 10)
+    freqs = [1.0, 10000 ** -0.5]
+    for index in range(6):
+        row, col = divmod(index, 3)
+        expected = [f(a * k) for a in (row, col) for f in (math.sin, math.cos) for k in freqs] + [0.0, 0.0]
+        torch.testing.assert_close(emb[index], torch.tensor(expected), atol=1e-6, rtol=1e-5)
+
+
+def test_transformer_pos_embed_tells_positions_apart() -> None:
+    """Without positions a spatially constant input stays constant through the transformers (1x1 convs, attention
+    over identical tokens); with them the transformers' output differs from place to place."""
+    torch.manual_seed(0)
+    context = torch.randn(1, 4, 12)
+    spread = []
+    for pos_embed in (False, True):
+        model = randomize(tiny_unet(context_dim=12, transformer_pos_embed=pos_embed)).eval()
+        block = model.middle_block[1]
+        with torch.no_grad():
+            out = block(torch.randn(1, 1, 1, 1).expand(1, block.norm.num_channels, 4, 4), context)
+        spread.append((out - out[..., :1, :1]).abs().amax().item())
+    assert spread[0] < 1e-5 < 1e-2 < spread[1]
 
 
 def test_invalid_arguments_raise_with_values() -> None:

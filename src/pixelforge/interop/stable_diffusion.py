@@ -321,6 +321,8 @@ def check_exportable(model: DiffusionModel) -> None:
         problems.append(f"its first stage folds {patch}x{patch} pixel patches into channels (patch_size {patch})")
     if model.coord_channels:
         problems.append("its U-Net takes coordinate maps (coord_channels)")
+    if model.unet.config.get("transformer_pos_embed"):
+        problems.append("its U-Net's transformers add 2D positions to their tokens (transformer_pos_embed)")
     if problems:
         raise ValueError("not Stable Diffusion's architecture, so no CompVis file can hold it: " + "; ".join(problems))
 

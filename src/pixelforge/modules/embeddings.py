@@ -1,4 +1,5 @@
-"""Conditioning embeddings for diffusion denoisers: sinusoidal timesteps, (multi-head) class labels, coordinates."""
+"""Conditioning embeddings for diffusion denoisers: sinusoidal timesteps, (multi-head) class labels, coordinates and
+2D sinusoidal positions."""
 
 from __future__ import annotations
 
@@ -87,3 +88,13 @@ def coordinates(x: torch.Tensor) -> torch.Tensor:
     ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(h, 1).expand(h, w)
     xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, w).expand(h, w)
     return torch.stack([xs, ys]).expand(b, -1, -1, -1)
+
+
+def position_embedding(h: int, w: int, dim: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(h·w, dim) fixed 2D sinusoidal embedding of the row-major positions of an h x w grid (MAE, Stable
+    Diffusion 3): sin and cos of the row at dim // 4 frequencies, then of the column, zero-padded to ``dim``."""
+    freqs = timestep_frequencies(2 * (dim // 4), device=device)
+    rows = torch.arange(h, dtype=torch.float32, device=device).repeat_interleave(w)
+    cols = torch.arange(w, dtype=torch.float32, device=device).repeat(h)
+    parts = [f(axis[:, None] * freqs[None]) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    return F.pad(torch.cat(parts, dim=-1), (0, dim - 4 * (dim // 4)))

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pixelforge.modules.attention import CrossTransformerBlock, MultiHeadSelfAttention
-from pixelforge.modules.embeddings import LabelEmbedding, TimestepEmbedding
+from pixelforge.modules.embeddings import LabelEmbedding, TimestepEmbedding, position_embedding
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -123,6 +123,8 @@ class SpatialTransformer(nn.Module):
     one matmul each instead of a convolution plus a layout change on either side. ``linear_proj`` makes them
     ``nn.Linear`` layers, as Stable Diffusion 2.x stores them (``use_linear_in_transformer``); SD also uses
     ``norm_eps`` 1e-6 and no q/k/v biases (``qkv_bias=False``); ``upcast`` attends in float32 (SD 2.x).
+    ``pos_embed`` adds a fixed 2D sinusoidal position to every token after the 1x1 in, so attention queries know
+    where they are from the first step (captions that name a place).
     """
 
     def __init__(
@@ -137,8 +139,10 @@ class SpatialTransformer(nn.Module):
         linear_proj: bool = False,
         qkv_bias: bool = True,
         upcast: bool = False,
+        pos_embed: bool = False,
     ) -> None:
         super().__init__()
+        self.pos_embed = pos_embed
         self.norm = nn.GroupNorm(num_groups, channels, eps=norm_eps)
         self.proj_in = nn.Linear(channels, channels) if linear_proj else nn.Conv2d(channels, channels, 1)
         self.blocks = nn.ModuleList(
@@ -150,6 +154,8 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Condition ``x`` (B,C,H,W) on ``context`` (B,M,context_dim); ``context_mask`` (B,M bool, True = keep)."""
         h = tokenwise(self.proj_in, rearrange(self.norm(x), "b c h w -> b (h w) c"))
+        if self.pos_embed:
+            h = h + position_embedding(x.shape[2], x.shape[3], x.shape[1], x.device).to(h.dtype)
         for block in self.blocks:
             h = block(h, context, context_mask)
         return x + rearrange(tokenwise(self.proj_out, h), "b (h w) c -> b c h w", h=x.shape[2])
@@ -196,7 +202,7 @@ class UNetModel(nn.Module):
     plain self-attention, or a SpatialTransformer with cross-attention when ``context_dim`` is set. Stable
     Diffusion's U-Nets set ``transformer_norm_eps=1e-6`` and ``attention_qkv_bias=False`` (and 2.x
     ``use_linear_in_transformer``, ``upcast_attention``), ``use_scale_shift_norm=False`` and ``num_head_channels``
-    64 (2.x).
+    64 (2.x). ``transformer_pos_embed`` gives the transformers' tokens 2D sinusoidal positions (not in SD).
     """
 
     def __init__(
@@ -223,6 +229,7 @@ class UNetModel(nn.Module):
         use_linear_in_transformer: bool = False,
         attention_qkv_bias: bool = True,
         upcast_attention: bool = False,
+        transformer_pos_embed: bool = False,
     ) -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
@@ -232,7 +239,7 @@ class UNetModel(nn.Module):
                        "attention_resolutions": sorted(int(r) for r in attention_resolutions), "num_heads": num_heads,
                        "num_head_channels": num_head_channels, "context_dim": context_dim,
                        "use_linear_in_transformer": use_linear_in_transformer, "transformer_depth": transformer_depth,
-                       "upcast_attention": upcast_attention}
+                       "upcast_attention": upcast_attention, "transformer_pos_embed": transformer_pos_embed}
         widths = sorted({model_channels, *(model_channels * m for m in channel_mult)})
         bad = [c for c in widths if c % num_groups]
         if bad:
@@ -267,7 +274,7 @@ class UNetModel(nn.Module):
                 return AttentionBlock(ch, heads, num_groups)
             return SpatialTransformer(ch, heads, context_dim, transformer_depth, dropout, num_groups,
                                       transformer_norm_eps, use_linear_in_transformer, attention_qkv_bias,
-                                      upcast_attention)
+                                      upcast_attention, transformer_pos_embed)
 
         def stage(*layers: nn.Module) -> UNetStage:
             return UNetStage(layers, use_checkpoint)
