@@ -38,12 +38,6 @@ def test_patches_fold_into_channels_and_back(patch_size: int) -> None:
     assert Decoder(3, ch_mult=(1, 2), patch_size=patch_size, **TINY)(h[:, :3]).shape == x.shape
 
 
-def test_pixel_shuffle_is_the_inverse_of_unshuffle() -> None:
-    """The decoder's output conv writes each p x p patch where the encoder's input conv read it."""
-    x = torch.randn(1, 3, 8, 8)
-    torch.testing.assert_close(torch.nn.functional.pixel_shuffle(torch.nn.functional.pixel_unshuffle(x, 2), 2), x)
-
-
 def test_bad_patch_size_is_named() -> None:
     with pytest.raises(ValueError, match="patch_size >= 1, got .*, 0"):
         Decoder(3, ch_mult=(1, 2), patch_size=0, **TINY)
