@@ -162,6 +162,16 @@ def test_heldout_split_separates_combinations() -> None:
     assert {tuple(data.attributes(i).values()) for i in range(len(data))} == heldout
 
 
+def test_a_judges_splits_include_the_heldout_combinations_on_request() -> None:
+    heldout = set(HELDOUT_COMBINATIONS)
+    data = ShapesDataset("train", num_samples=3000, seed=1, include_heldout=True)
+    assert len({tuple(data.attributes(i).values()) for i in range(len(data))}) == 210
+    judged = ShapesDataset("heldout", num_samples=300, seed=1, include_heldout=True)
+    assert {tuple(judged.attributes(i).values()) for i in range(len(judged))} == heldout
+    with pytest.raises(ValueError, match="include_heldout must be true or false, got 'yes'"):
+        ShapesDataset(include_heldout="yes")
+
+
 def test_lengths_transform_and_batching() -> None:
     assert [len(ShapesDataset(s)) for s in ("train", "val", "test", "heldout")] == [20000, 2000, 2000, 2000]
     assert len(ShapesDataset("val", num_samples=7)) == 7

@@ -30,7 +30,8 @@ RGB: dict[str, tuple[int, int, int]] = {
     "cyan": (0, 255, 255),
     "white": (255, 255, 255),
 }
-NUM_CLASSES = {"shape": len(SHAPES), "color": len(COLORS), "size": len(SIZES), "position": len(POSITIONS)}
+VALUES = {"shape": SHAPES, "color": COLORS, "size": SIZES, "position": POSITIONS}  # each attribute's class names
+NUM_CLASSES = {key: len(names) for key, names in VALUES.items()}
 ATTRIBUTES = tuple(NUM_CLASSES)
 
 SIZE_RANGES = {"small": (0.25, 0.33), "large": (0.50, 0.60)}
@@ -68,10 +69,13 @@ TRAIN_COMBINATIONS: tuple[tuple[int, int, int, int], ...] = tuple(
 )
 
 
-def combinations(split: str) -> tuple[tuple[int, int, int, int], ...]:
-    """The (shape, color, size, position) index tuples that items of ``split`` are drawn from."""
+def combinations(split: str, include_heldout: bool = False) -> tuple[tuple[int, int, int, int], ...]:
+    """The (shape, color, size, position) index tuples that items of ``split`` are drawn from: ``heldout`` holds
+    only the held-out ones, the other splits the rest, or all of them with ``include_heldout``."""
     check_split(split, SPLITS)
-    return HELDOUT_COMBINATIONS if split == "heldout" else TRAIN_COMBINATIONS
+    if split == "heldout":
+        return HELDOUT_COMBINATIONS
+    return ALL_COMBINATIONS if include_heldout else TRAIN_COMBINATIONS
 
 
 def check_image_size(image_size: int) -> int:
@@ -101,10 +105,9 @@ def zero_shot_templates(attribute: str, template: int = 0) -> list[str]:
     class's prompts are whole captions, as the text tower learned them, averaged over everything else."""
     if attribute not in NUM_CLASSES:
         raise ValueError(f"unknown attribute {attribute!r}; valid: {ATTRIBUTES}")
-    names = {"shape": SHAPES, "color": COLORS, "size": SIZES, "position": POSITIONS}
     others = [key for key in ATTRIBUTES if key != attribute]
     return [TEMPLATES[template].format(**dict(zip(others, values, strict=True)), **{attribute: "{}"})
-            for values in itertools.product(*(names[key] for key in others))]
+            for values in itertools.product(*(VALUES[key] for key in others))]
 
 
 def joint_prompts(template: int = 0) -> dict[str, Any]:
@@ -191,8 +194,11 @@ class ShapesDataset(Dataset):
         num_samples: int | Mapping[str, int] | None = None,
         seed: int = 0,
         caption_templates: str = "default",
+        include_heldout: bool = False,
     ) -> None:
-        """Validate the arguments; nothing is rendered until an item is asked for."""
+        """Validate the arguments; nothing is rendered until an item is asked for. ``include_heldout``: train, val
+        and test also draw the held-out combinations (for a judge of generated samples, which must know them all;
+        a model tested for compositional generalisation must not see them)."""
         self.split = check_split(split, SPLITS)
         self.image_size = check_image_size(image_size)
         if caption_templates not in TEMPLATE_CHOICES:
@@ -205,7 +211,9 @@ class ShapesDataset(Dataset):
         self.seed = seed
         self.transform = build_transform() if transform is None else transform
         self.num_samples = self._resolve_num_samples(num_samples)
-        self.combinations = combinations(split)
+        if not isinstance(include_heldout, bool):
+            raise ValueError(f"include_heldout must be true or false, got {include_heldout!r}")
+        self.combinations = combinations(split, include_heldout)
         self._split_index = SPLITS.index(split)
 
     def _resolve_num_samples(self, num_samples: int | Mapping[str, int] | None) -> int:
