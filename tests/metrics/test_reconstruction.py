@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from pixelforge.data.shapes import ShapesDataset
 from pixelforge.metrics.reconstruction import evaluate_reconstructions, mse, psnr, ssim
 
 
@@ -60,3 +61,18 @@ def test_judged_reconstructions_count_the_labels_a_classifier_still_sees() -> No
     assert "rec_acc/unused" not in scores
     with pytest.raises(ValueError, match="none of the dataset's keys"):
         evaluate_reconstructions(Halver(), [{"image": torch.zeros(1, 4, 4)}], judge=SignJudge())
+
+
+class Shifter(nn.Module):
+    """Reconstructs an image moved three pixels right: the shapes' boxes no longer fit their captions."""
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.roll(x, 3, dims=-1)
+
+
+def test_shapes_reconstructions_report_the_strict_shape_fit_they_allow() -> None:
+    dataset = ShapesDataset("heldout", image_size=32, num_samples=12)
+    exact = evaluate_reconstructions(Halver(), dataset, batch_size=5)  # halving keeps every foreground pixel bright
+    assert exact["shape_fit"] == 1 and exact["shape_iou"] == pytest.approx(1)
+    moved = evaluate_reconstructions(Shifter(), dataset, batch_size=5)
+    assert moved["shape_iou"] < 0.85 and moved["shape_fit"] < 0.5

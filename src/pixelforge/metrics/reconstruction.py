@@ -6,6 +6,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from pixelforge.data.shapes import ShapesDataset
+from pixelforge.metrics.shape_fidelity import FIT_KEYS, captioned_fit
+
 DATA_RANGE = 2.0  # images live in [-1, 1]
 
 
@@ -54,7 +57,8 @@ def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, batch_siz
     own scores are reported as ``input_*``, so the gain of denoising is visible in one row. With a ``judge``
     (a classifier whose ``predict`` gives ``{key: labels}``), ``rec_acc/<key>`` is the share of reconstructions it
     labels as the dataset does and ``rec_acc`` the share right on every key: for a first stage, the ceiling of the
-    conditional accuracy a latent diffusion model on it can reach.
+    conditional accuracy a latent diffusion model on it can reach. On the shapes set, ``shape_fit`` and
+    ``shape_iou`` (``metrics.shape_fidelity``) give the same ceiling for the strict shape fit.
     """
     generator = torch.Generator(device).manual_seed(seed)
     sums: dict[str, float] = {}
@@ -67,6 +71,9 @@ def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, batch_siz
             scores.update({f"input_{k}": v for k, v in reconstruction_metrics(clean, inputs).items()})
         if judge is not None:
             scores.update(judged_hits(judge, reconstructions, batch))
+        if isinstance(dataset, ShapesDataset):
+            fits, iou = captioned_fit(reconstructions.cpu(), {key: batch[key] for key in FIT_KEYS})
+            scores.update(shape_fit=fits.float(), shape_iou=iou)
         for name, values in scores.items():
             sums[name] = sums.get(name, 0.0) + values.sum().item()
     return {name: total / len(dataset) for name, total in sums.items()}

@@ -56,15 +56,22 @@ def fit_iou(images: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> torch.T
     return scores
 
 
-def shape_fidelity(images: torch.Tensor, labels: Mapping[str, torch.Tensor],
-                   threshold: float = THRESHOLD) -> tuple[dict[str, float], torch.Tensor]:
-    """(``shape_fit``: share of images that fit their captioned shape, ``shape_fit/<shape>`` per captioned shape
-    and ``shape_iou`` the mean IoU with the captioned shape; the ``B`` IoUs with it)."""
+def captioned_fit(images: torch.Tensor, labels: Mapping[str, torch.Tensor],
+                  threshold: float = THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``B`` bools: the image fits its captioned shape, ``B`` IoUs with the captioned shape)."""
     require(labels, FIT_KEYS)
     scores = fit_iou(images, labels)
     wanted = torch.as_tensor(labels["shape"]).long()
     iou = scores.gather(1, wanted[:, None])[:, 0]
-    fits = (iou >= threshold) & (scores.argmax(1) == wanted)
+    return (iou >= threshold) & (scores.argmax(1) == wanted), iou
+
+
+def shape_fidelity(images: torch.Tensor, labels: Mapping[str, torch.Tensor],
+                   threshold: float = THRESHOLD) -> tuple[dict[str, float], torch.Tensor]:
+    """(``shape_fit``: share of images that fit their captioned shape, ``shape_fit/<shape>`` per captioned shape
+    and ``shape_iou`` the mean IoU with the captioned shape; the ``B`` IoUs with it)."""
+    fits, iou = captioned_fit(images, labels, threshold)
+    wanted = torch.as_tensor(labels["shape"]).long()
     results = {"shape_fit": fits.float().mean().item(), "shape_iou": iou.mean().item()}
     for index, name in enumerate(SHAPES):
         chosen = wanted == index
