@@ -22,7 +22,7 @@ from pixelforge.data.shapes import (
     render_shape,
 )
 from pixelforge.metrics.generation import evaluate_samples
-from pixelforge.metrics.shape_fidelity import THRESHOLD, fit_iou, shape_fidelity
+from pixelforge.metrics.shape_fidelity import DENT, THRESHOLD, dent_depth, fit_iou, foreground, shape_fidelity
 
 
 def labels_of(items: list[dict]) -> dict[str, torch.Tensor]:
@@ -78,6 +78,44 @@ def large_center(shape: str) -> dict[str, torch.Tensor]:
 def test_distortions_a_person_rejects_do_not_fit(mask: np.ndarray, caption_shape: str, fits: bool) -> None:
     results, iou = shape_fidelity(on_canvas(mask, 7, 7), large_center(caption_shape))
     assert results["shape_fit"] == fits, iou
+
+
+PINCHED = """
+.#........#.
+############
+###########.
+###########.
+###########.
+##########..
+##########..
+##########..
+##########..
+##########..
+###########.
+####....##..
+"""  # a "small cyan square in the bottom right" of the default recipe: corners drawn out, sides bowed in
+
+
+def test_a_small_pinched_square_overlaps_well_but_has_a_dent() -> None:
+    pinch = np.array([[c == "#" for c in row] for row in PINCHED.split()])
+    small = {"shape": torch.tensor([SHAPES.index("square")]), "size": torch.tensor([SIZES.index("small")]),
+             "position": torch.tensor([POSITIONS.index("bottom right")])}
+    results, iou = shape_fidelity(on_canvas(pinch, 17, 16), small)
+    assert iou.item() >= THRESHOLD, "the IoU alone passes it"
+    assert results["shape_dented"] == 1 and results["shape_fit"] == 0
+    assert dent_depth(torch.from_numpy(pinch)) > DENT
+
+
+def test_dent_depth_of_convex_shapes_notches_and_the_datasets_renders() -> None:
+    square = np.ones((6, 6), bool)
+    assert dent_depth(torch.from_numpy(square)) == 0
+    notched = square.copy()
+    notched[0, 2] = False  # a one-pixel notch in a straight side: its centre half a pixel inside the hull
+    assert dent_depth(torch.from_numpy(notched)) == pytest.approx(0.5)
+    assert dent_depth(torch.zeros(4, 4, dtype=torch.bool)) == 0
+    dataset = ShapesDataset("train", image_size=32, num_samples=300)
+    depths = [dent_depth(foreground(dataset[i]["image"][None])[0]) for i in range(len(dataset))]
+    assert max(depths) < 0.25 < DENT
 
 
 def test_a_small_circle_is_not_a_square_though_it_covers_most_of_one() -> None:

@@ -72,7 +72,7 @@ def evaluate_reconstructions(model: torch.nn.Module, dataset: Dataset, batch_siz
         if judge is not None:
             scores.update(judged_hits(judge, reconstructions, batch))
         if isinstance(dataset, ShapesDataset):
-            fits, iou = captioned_fit(reconstructions.cpu(), {key: batch[key] for key in FIT_KEYS})
+            fits, iou, _ = captioned_fit(reconstructions.cpu(), {key: batch[key] for key in FIT_KEYS})
             scores.update(shape_fit=fits.float(), shape_iou=iou)
         for name, values in scores.items():
             sums[name] = sums.get(name, 0.0) + values.sum().item()
