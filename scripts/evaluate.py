@@ -9,7 +9,8 @@ conditional accuracy, and seconds per image, for each ``--sampler NAME:STEPS`` a
 once (other generators). Text-to-image runs are prompted with the split's captions and judged per attribute by the
 classifier (on the shapes ``heldout`` split: attribute combinations never seen in training); on the shapes set also
 by shape fidelity (``shape_fit``: the share of samples whose foreground fits an ideal render of the captioned shape,
-size and place with IoU >= 0.85; a grid of the worst fits is written beside ``--out``).
+size and place with IoU >= 0.85; a grid of the worst fits is written beside ``--out``, and one of the samples the
+classifier read otherwise than asked, with what it read).
 
     python scripts/evaluate.py --ckpt logs/<ddpm run> --classifier logs/<classifier run> \\
         --sampler dpmpp:20 ddim:50 ddpm:1000 --scale 3 --n_samples 1000 --out results/ddpm.json
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampler", nargs="*", default=["dpmpp:20"], help="NAME:STEPS for diffusion models")
     parser.add_argument("--scale", type=float, nargs="+", default=[1.0],
                         help="classifier-free guidance scale(s): one row per sampler and scale")
+    parser.add_argument("--guidance_rescale", type=float, nargs="+",
+                        help="guidance rescale phi(s) in [0, 1] (Lin et al. 2023), one row each (default: the "
+                             "model's log_guidance_rescale)")
     parser.add_argument("--n_samples", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=250)
     parser.add_argument("--k", type=int, default=256, help="importance samples for a VAE's log-likelihood")
@@ -80,23 +84,30 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
         raise SystemExit("evaluate.py: error: --classifier RUN is needed for FID on project features")
     extractor = build_feature_extractor(args.features, args.classifier).to(args.device)
     clip = load_clip(args.clip, args.device) if args.clip else None
-    settings = itertools.product(args.sampler, args.scale) if isinstance(model, Diffuses) else [None]
+    rescales = args.guidance_rescale or [getattr(model, "log_guidance_rescale", 0.0)]
+    settings = itertools.product(args.sampler, args.scale, rescales) if isinstance(model, Diffuses) else [None]
     rows = []
     for setting in settings:
         kwargs: dict = {}
         row: dict = {}
         tag = ""
         if setting is not None:
-            (name, _, steps), scale = setting[0].partition(":"), setting[1]
-            kwargs = {"sampler": name, "steps": int(steps) if steps else None, "scale": scale}
-            row = {"sampler": name, "steps": kwargs["steps"], "scale": scale}
-            tag = f"_{name}{steps}_scale{scale:g}"
-        worst = Path(args.out).with_name(f"{Path(args.out).stem}_worst{tag}.png") if args.out else None
+            (name, _, steps), scale, rescale = setting[0].partition(":"), setting[1], setting[2]
+            kwargs = {"sampler": name, "steps": int(steps) if steps else None, "scale": scale,
+                      "guidance_rescale": rescale}
+            row = {"sampler": name, "steps": kwargs["steps"], "scale": scale, "guidance_rescale": rescale}
+            tag = f"_{name}{steps}_scale{scale:g}" + (f"_rescale{rescale:g}" if rescale else "")
+        worst, misread = (Path(args.out).with_name(f"{Path(args.out).stem}_{kind}{tag}.png") if args.out else None
+                          for kind in ("worst", "misread"))
+        if misread is not None:
+            misread.unlink(missing_ok=True)  # an earlier evaluation's grid would claim misreads this one lacks
         start = time.perf_counter()
         results = evaluate_samples(model, extractor, dataset, key, args.n_samples, args.batch_size, seed=args.seed,
-                                   clip=clip, worst_path=worst, **kwargs)
+                                   clip=clip, worst_path=worst, misread_path=misread, **kwargs)
         if worst is not None and "shape_fit" in results:
             print(f"evaluate.py: wrote {worst} (the worst-fitting samples)")
+        if misread is not None and misread.exists():
+            print(f"evaluate.py: wrote {misread} (samples the classifier read otherwise than asked)")
         row.update(results)
         row["sec_per_image"] = (time.perf_counter() - start) / args.n_samples
         print(markdown([row]).splitlines()[-1], flush=True)

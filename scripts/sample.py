@@ -3,7 +3,7 @@
     python scripts/sample.py --ckpt logs/<ddpm run> --n_samples 64 --sampler dpmpp --steps 20 --scale 3
     python scripts/sample.py --ckpt logs/<gan or vae run> --n_samples 64
 
-Diffusion options (--sampler --steps --eta --scale) apply to diffusion runs only.
+Diffusion options (--sampler --steps --eta --scale --guidance_rescale) apply to diffusion runs only.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (diffusion)")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta (0: deterministic)")
     parser.add_argument("--scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    parser.add_argument("--guidance_rescale", type=float, default=0.0,
+                        help="phi in [0, 1]: guided prediction's std pulled towards the conditional one's (Lin et al.)")
     parser.add_argument("--class_label", default=None,
                         help="class to generate (int), or key=value,... for several label keys; "
                              "omitted for a conditional model: one row per class")
@@ -74,11 +76,15 @@ def sampling_options(model, args: argparse.Namespace) -> dict:
     """The keyword arguments of ``model.sample`` that this run's family takes (diffusion options, EMA)."""
     options: dict = {}
     if isinstance(model, Diffuses):
-        options = {"sampler": args.sampler, "steps": args.steps, "scale": args.scale}
+        if not 0 <= args.guidance_rescale <= 1:
+            raise SystemExit(f"--guidance_rescale {args.guidance_rescale} must lie in [0, 1] (0: plain guidance)")
+        options = {"sampler": args.sampler, "steps": args.steps, "scale": args.scale,
+                   "guidance_rescale": args.guidance_rescale}
         if args.eta is not None:
             options["eta"] = args.eta
-    elif args.scale != 1.0:
-        raise SystemExit(f"--scale {args.scale}: guidance applies to diffusion runs, not a {type(model).__name__}")
+    elif args.scale != 1.0 or args.guidance_rescale:
+        raise SystemExit(f"--scale {args.scale} / --guidance_rescale {args.guidance_rescale}: guidance applies to "
+                         f"diffusion runs, not a {type(model).__name__}")
     if isinstance(model, KeepsEMA):
         options["use_ema"] = args.use_ema
     return options

@@ -18,7 +18,8 @@ class Generates(Protocol):
 
 @runtime_checkable
 class Diffuses(Generates, Protocol):
-    """A diffusion model: its ``sample`` takes ``sampler``, ``steps``, ``scale`` (guidance) and ``eta``."""
+    """A diffusion model: its ``sample`` takes ``sampler``, ``steps``, ``scale`` and ``guidance_rescale`` (guidance)
+    and ``eta``."""
 
     schedule: Any
 

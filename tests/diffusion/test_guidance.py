@@ -55,6 +55,25 @@ def test_guidance_is_one_batched_call(cond: Any, uncond: Any) -> None:
     torch.testing.assert_close(out, expected_uncond + scale * (expected_cond - expected_uncond))
 
 
+@pytest.mark.parametrize("rescale", [0.0, 0.7, 1.0])
+def test_guidance_rescale_matches_diffusers(rescale: float) -> None:
+    pipeline = pytest.importorskip("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
+    labels, uncond, scale = torch.tensor([1, 2, 3]), torch.zeros(3, dtype=torch.long), 5.0
+    out = ClassifierFreeGuidance(Recorder(), scale, uncond, rescale)(X, T, labels)
+    plain = ClassifierFreeGuidance(Recorder(), scale, uncond)(X, T, labels)
+    expected = pipeline.rescale_noise_cfg(plain, Recorder()(X, T, labels), guidance_rescale=rescale)
+    torch.testing.assert_close(out, expected)
+    if rescale == 1:  # fully rescaled: each sample's spread is the conditional prediction's
+        torch.testing.assert_close(out.std((1, 2, 3)), Recorder()(X, T, labels).std((1, 2, 3)))
+    if rescale == 0:
+        assert torch.equal(out, plain)
+
+
+def test_guidance_rescale_outside_zero_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"guidance rescale must lie in \[0, 1\].*got 1.5"):
+        ClassifierFreeGuidance(Recorder(), 3.0, None, rescale=1.5)
+
+
 def test_concat_cond_refuses_mismatched_types() -> None:
     with pytest.raises(TypeError, match="Tensor and list"):
         concat_cond(torch.zeros(2), ["a", "b"])

@@ -1,13 +1,19 @@
-"""FID/KID: zero for a set against itself, growing with added noise, and the closed form for Gaussians."""
+"""FID/KID: zero for a set against itself, growing with added noise, and the closed form for Gaussians; the
+classifier's conditional accuracy and its grid of misread samples."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from pixelforge.data.shapes import VALUES
 from pixelforge.metrics.fid import cached_real_features, fid, frechet_distance, kid
-from pixelforge.metrics.generation import conditional_accuracy
+from pixelforge.metrics.generation import conditional_accuracy, save_misreads
+from pixelforge.utils.images import caption_images
 
 
 def test_fid_is_zero_on_itself_and_grows_with_noise() -> None:
@@ -66,3 +72,15 @@ def test_conditional_accuracy_per_key_and_jointly() -> None:
     wanted = torch.tensor([[0, 1], [1, 0], [2, 0], [1, 0]])
     result = conditional_accuracy(Judge(), images, wanted, ["shape", "color"])
     assert result == {"cond_acc/shape": 0.75, "cond_acc/color": 0.75, "cond_acc": 0.5}
+
+
+def test_the_misread_grid_shows_only_the_samples_read_otherwise(tmp_path: Path) -> None:
+    images = torch.rand(5, 3, 32, 32) * 2 - 1
+    wanted = torch.tensor([[0, 1], [1, 0], [2, 0], [1, 0], [0, 2]])
+    predicted = wanted.clone()
+    save_misreads(images, predicted, wanted, ["shape", "color"], ["p"] * 5, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+    predicted[1, 0], predicted[3, 1] = 2, 1
+    save_misreads(images, predicted, wanted, ["shape", "color"], ["p"] * 5, tmp_path / "two.png", VALUES)
+    one = caption_images(images[:1], ["x"])
+    assert Image.open(tmp_path / "two.png").size[0] < 3 * one.shape[-1], "two tiles, not five"

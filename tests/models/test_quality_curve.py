@@ -26,6 +26,7 @@ class Renderer(nn.Module):
     text_conditioned = True
     log_sampler = {"name": "dpmpp", "steps": 20}
     log_guidance_scale = 3.0
+    log_guidance_rescale = 0.7
     device = torch.device("cpu")
 
     def __init__(self, dataset, blank: bool = False) -> None:
@@ -64,6 +65,7 @@ def test_the_datasets_own_renders_fit_and_blank_images_do_not(tmp_path: Path) ->
     right, model = judged(tmp_path, blank=False)
     assert right["shape_fit"] == 1.0 and right["shape_iou"] == pytest.approx(1.0)
     assert model.calls[0]["scale"] == 3.0 and model.calls[0]["sampler"] == "dpmpp"  # what txt2img.py uses
+    assert model.calls[0]["guidance_rescale"] == 0.7
     assert len(model.calls) == 3  # 12 samples in batches of 5
     blank, _ = judged(tmp_path, blank=True, classifier=judge(tmp_path / "judge"))
     assert blank["shape_fit"] == 0.0 and 0 <= blank["all_attributes"] <= 1  # and the judge read every attribute

@@ -35,6 +35,7 @@ def test_sample_script_writes_pngs_grid_and_record(trained_run: Path, tmp_path: 
     assert (tmp_path / "grid-0000.png").is_file()
     records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert records[0]["sampler"] == "ddim" and [r["label"] for r in records[:3]] == [0, 0, 1]
+    assert records[0]["guidance_rescale"] == 0.0
     one = script("sample.py", *args, "--class_label", "7", "--n_samples", "3")
     assert one.returncode == 0 and len(list((tmp_path / "samples").glob("*.png"))) == 23
 
@@ -44,6 +45,8 @@ def test_sample_script_errors_are_clear(trained_run: Path, tmp_path: Path) -> No
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
     bad = script("sample.py", "--ckpt", str(trained_run), "--class_label", "12", "--outdir", str(tmp_path))
     assert bad.returncode != 0 and "0..9" in bad.stderr
+    rescale = script("sample.py", "--ckpt", str(trained_run), "--guidance_rescale", "-0.1", "--outdir", str(tmp_path))
+    assert rescale.returncode != 0 and "--guidance_rescale -0.1 must lie in [0, 1]" in rescale.stderr
 
 
 def test_evaluate_script_reports_fid_and_accuracy_per_sampler(trained_run: Path, tmp_path: Path,

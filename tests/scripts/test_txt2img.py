@@ -56,7 +56,8 @@ def test_txt2img_numbers_outputs_on_and_records_every_image(runs: dict[str, Path
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large red circle in the center\n\na small green triangle at the bottom\nred\n")
     second = script("txt2img.py", "--ckpt", str(runs["ldm"]), "--outdir", str(out), "--seed", "8", *FAST,
-                    "--from-file", str(prompts), "--n_iter", "1", "--sampler", "ddim", "--ddim_eta", "0.5")
+                    "--from-file", str(prompts), "--n_iter", "1", "--sampler", "ddim", "--ddim_eta", "0.5",
+                    "--guidance_rescale", "0.3")
     assert second.returncode == 0, second.stderr[-2000:]
     assert sorted(p.name for p in (out / "samples").iterdir()) == [f"{i:05d}.png" for i in range(7)]
     assert pixels(out / "samples" / "00006.png").shape == (16, 16, 3)
@@ -70,6 +71,8 @@ def test_txt2img_numbers_outputs_on_and_records_every_image(runs: dict[str, Path
     assert [r["prompt"] for r in rows[4:]] == ["a large red circle in the center",
                                                "a small green triangle at the bottom", "red"]
     assert all(r["seed"] == 8 and r["eta"] == 0.5 and r["grid"] == "grid-0001.png" for r in rows[4:])
+    recipe = load_run(runs["ldm"])[1].log_guidance_rescale
+    assert [r["guidance_rescale"] for r in rows] == [recipe] * 4 + [0.3] * 3  # the recipe's, then the flag's
     assert {(r["steps"], r["scale"], r["H"], r["W"]) for r in rows} == {(2, 3.0, 16, 16)}  # the recipe's scale
     lines = (out / "prompts.txt").read_text().splitlines()
     assert lines[0] == "samples/00000.png\ta small blue square in the top left"
@@ -100,6 +103,7 @@ def test_autocast_and_skip_save(runs: dict[str, Path], tmp_path: Path) -> None:
     (["--from-file", "EMPTY"], "holds no prompts"),
     (["--C", "3"], "--C 3 does not match the model, whose value is 4"),
     (["--ddim_eta", "0.5"], "applies to the DDIM sampler only"),
+    (["--guidance_rescale", "1.5"], "--guidance_rescale 1.5 must lie in [0, 1]"),
     (["--ddim_steps", "2000"], "steps=2000 must be between 1 and the schedule's num_timesteps=1000"),
 ])
 def test_txt2img_rejects_bad_settings(runs: dict[str, Path], tmp_path: Path, args: list[str], message: str) -> None:
@@ -172,16 +176,19 @@ def test_evaluate_judges_prompts_per_attribute(runs: dict[str, Path], tmp_path: 
     (judge,) = (tmp_path / "judge").iterdir()
     out = tmp_path / "eval.json"
     result = script("evaluate.py", "--ckpt", str(runs["ldm"]), "--classifier", str(judge), "--split", "heldout",
-                    "--sampler", "dpmpp:2", "--scale", "1", "3", "--n_samples", "6", "--batch_size", "6",
-                    "--out", str(out))
+                    "--sampler", "dpmpp:2", "--scale", "1", "3", "--guidance_rescale", "0", "0.7", "--n_samples", "6",
+                    "--batch_size", "6", "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [row["scale"] for row in rows] == [1.0, 3.0]
+    assert [(row["scale"], row["guidance_rescale"]) for row in rows] == [(1.0, 0.0), (1.0, 0.7), (3.0, 0.0), (3.0, 0.7)]
+    assert rows[0]["cond_acc"] == rows[1]["cond_acc"], "at scale 1 nothing is guided, so nothing is rescaled"
     for row in rows:
         assert {f"cond_acc/{key}" for key in ("shape", "color", "size", "position")} <= set(row)
         assert 0 <= row["cond_acc"] <= min(row[f"cond_acc/{key}"] for key in ("shape", "color", "size", "position"))
         assert 0 <= row["shape_fit"] <= 1 and 0 <= row["shape_iou"] <= 1
-        assert (tmp_path / f"eval_worst_dpmpp2_scale{row['scale']:g}.png").stat().st_size > 0
+        tag = f"dpmpp2_scale{row['scale']:g}" + ("_rescale0.7" if row["guidance_rescale"] else "")
+        assert (tmp_path / f"eval_worst_{tag}.png").stat().st_size > 0
+        assert (tmp_path / f"eval_misread_{tag}.png").exists() == (row["cond_acc"] < 1)  # the judge is untrained
 
 
 def test_the_python_api_draws_what_the_script_draws(runs: dict[str, Path], tmp_path: Path) -> None:

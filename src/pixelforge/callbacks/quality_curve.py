@@ -55,7 +55,8 @@ class QualityCurve(L.Callback):
         if self.classifier_run is not None:
             self.classifier = ClassifierFeatures(self.classifier_run)
         self.sample_kwargs = {"sampler": pl_module.log_sampler["name"], "steps": pl_module.log_sampler.get("steps"),
-                              "scale": pl_module.log_guidance_scale, **self.sample_kwargs}
+                              "scale": pl_module.log_guidance_scale,
+                              "guidance_rescale": pl_module.log_guidance_rescale, **self.sample_kwargs}
         saved = Path(self.path).with_suffix(".json")  # a resumed run (-r) continues its curve and its clock
         self.points = json.loads(saved.read_text()) if saved.is_file() else []
         last = self.points[-1] if self.points else {"train_seconds": 0.0, "curve_seconds": 0.0}

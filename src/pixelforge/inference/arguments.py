@@ -99,6 +99,9 @@ def text_to_image_parser(prog: str, description: str) -> argparse.ArgumentParser
     parser.add_argument("--n_rows", type=positive_int, help="images per grid row (default: n_samples)")
     parser.add_argument("--scale", type=float,
                         help="classifier-free guidance scale, 1: none (default: the model's, 7.5 for Stable Diffusion)")
+    parser.add_argument("--guidance_rescale", type=float,
+                        help="phi in [0, 1]: pull the guided prediction's std towards the conditional one's (Lin et "
+                             "al. 2023; 0: plain guidance; default: the model's)")
     parser.add_argument("--sd_version", choices=["v1", "v2", "v2-v"],
                         help="the version of a Stable Diffusion single file (default: read from its keys; a 768-v "
                              "file needs v2-v)")
@@ -136,7 +139,8 @@ def apply_lora(model: Any, path: str, scale: float) -> None:
 
 
 def load_model(args: argparse.Namespace) -> Any:
-    """The model the flags name, with ``--ddim_steps`` and ``--scale`` filled in from it when left out."""
+    """The model the flags name, with ``--ddim_steps``, ``--scale`` and ``--guidance_rescale`` filled in from it
+    when left out."""
     device = device_of(args) or best_device()
     half = half_dtype(device) if args.precision == "half" else None
     # a LoRA file merges into float32 weights, which are then halved
@@ -149,16 +153,20 @@ def load_model(args: argparse.Namespace) -> Any:
     defaults = default_options(model)
     args.ddim_steps = defaults["steps"] if args.ddim_steps is None else args.ddim_steps
     args.scale = defaults["scale"] if args.scale is None else args.scale
+    if args.guidance_rescale is None:
+        args.guidance_rescale = defaults["guidance_rescale"]
     return model
 
 
 def sampling_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler keywords of the txt2img flags."""
-    return sampler_options(args.sampler, args.ddim_steps, args.scale, args.ddim_eta, args.use_ema)
+    return sampler_options(args.sampler, args.ddim_steps, args.scale, args.ddim_eta, args.use_ema,
+                           args.guidance_rescale)
 
 
 def sample_record(args: argparse.Namespace, options: dict[str, Any], height: int, width: int,
                   **extra: Any) -> dict[str, Any]:
     """What ``samples.jsonl`` says of every image besides its file and prompt."""
     return {"seed": args.seed, "sampler": options["sampler"], "steps": args.ddim_steps, "scale": args.scale,
+            "guidance_rescale": args.guidance_rescale,
             "eta": options.get("eta"), "H": height, "W": width, "ckpt": str(args.ckpt), **extra}

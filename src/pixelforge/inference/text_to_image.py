@@ -71,8 +71,9 @@ def load_text_model(ckpt: str | Path, config: str | Path | None = None, device: 
 
 def default_options(model: DiffusionModel) -> dict[str, Any]:
     """The model's own sampling settings, which the scripts use for the flags a user leaves out: its image
-    logger's step count and guidance scale (Stable Diffusion: CompVis's 50 steps at scale 7.5)."""
-    return {"steps": model.log_sampler.get("steps") or 20, "scale": model.log_guidance_scale}
+    logger's step count, guidance scale and rescale (Stable Diffusion: CompVis's 50 steps at scale 7.5)."""
+    return {"steps": model.log_sampler.get("steps") or 20, "scale": model.log_guidance_scale,
+            "guidance_rescale": model.log_guidance_rescale}
 
 
 def output_size(model: DiffusionModel, height: int | None = None, width: int | None = None) -> tuple[int, int]:
@@ -109,9 +110,13 @@ def load_image(path: str | Path, height: int, width: int, mode: str) -> torch.Te
 
 
 def sampler_options(sampler: str = "dpmpp", steps: int = 20, scale: float = 5.0, eta: float = 0.0,
-                    use_ema: bool = True) -> dict[str, Any]:
+                    use_ema: bool = True, guidance_rescale: float = 0.0) -> dict[str, Any]:
     """``DiffusionModel.sample`` keywords; ``eta`` belongs to DDIM and must stay 0 for the other samplers."""
-    options = {"sampler": sampler, "steps": steps, "scale": scale, "use_ema": use_ema}
+    if not 0 <= guidance_rescale <= 1:
+        raise InferenceError(f"--guidance_rescale {guidance_rescale} must lie in [0, 1] (0: plain guidance, 0.7: "
+                             "Lin et al.)")
+    options = {"sampler": sampler, "steps": steps, "scale": scale, "use_ema": use_ema,
+               "guidance_rescale": guidance_rescale}
     if sampler == "ddim":
         options["eta"] = eta
     elif eta != 0:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pixelforge.data.shapes import ShapesDataset
+from pixelforge.data.shapes import VALUES, ShapesDataset
 from pixelforge.metrics.clip import clip_features, clip_score
 from pixelforge.metrics.fid import cached_real_features, default_cache_dir, extract, fid, kid
 from pixelforge.metrics.shape_fidelity import FIT_KEYS, THRESHOLD, shape_fidelity
@@ -85,6 +85,7 @@ def evaluate_samples(
     kid_subset_size: int = 500,
     clip: AlignsText | None = None,
     worst_path: str | Path | None = None,
+    misread_path: str | Path | None = None,
     **sample_kwargs,
 ) -> dict[str, float]:
     """Generate ``n_samples`` with ``model.sample`` and compare them to ``dataset`` on ``extractor`` features.
@@ -95,7 +96,8 @@ def evaluate_samples(
     the captions of drawn items and judged on those items' labels (e.g. the shapes attributes); with a ``clip`` run
     also by its CLIP score against their prompts, and ``clip_fid``, FID on its image embeddings. Samples of a
     text-conditioned model of the shapes set also get ``shape_fit`` (see ``metrics.shape_fidelity``), and
-    ``worst_path`` a PNG grid of the worst-fitting ones with their IoU and prompt.
+    ``worst_path`` a PNG grid of the worst-fitting ones with their IoU and prompt. ``misread_path``: a PNG grid of
+    the samples the classifier labels otherwise than asked, with what it read (written only where it misread one).
     """
     device = next(model.parameters()).device
     keys, prompt_key = judged_keys(model, extractor, dataset)
@@ -107,13 +109,18 @@ def evaluate_samples(
     fake_features = extract(extractor, fake.split(batch_size), device)
     kid_mean, kid_std = kid(real_features, fake_features, subset_size=kid_subset_size)
     results = {"fid": fid(real_features, fake_features), "kid": kid_mean, "kid_std": kid_std}
-    if labels is not None and hasattr(extractor, "predict"):
-        results.update(conditional_accuracy(extractor, fake, labels, keys, batch_size, device))
+    iou = None
     if prompts is not None and isinstance(dataset, ShapesDataset):
         fidelity, iou = shape_fidelity(fake, fit_labels(dataset, n_samples, seed))
         results.update(fidelity)
         if worst_path is not None:
             save_worst(fake, iou, prompts, worst_path)
+    if labels is not None and hasattr(extractor, "predict"):
+        predicted = predict_labels(extractor, fake, keys, batch_size, device)
+        results.update(accuracy(predicted, labels, keys))
+        if misread_path is not None and prompts is not None:
+            names = VALUES if isinstance(dataset, ShapesDataset) else None
+            save_misreads(fake, predicted, labels, keys, prompts, misread_path, names, iou)
     if clip is not None:
         if prompts is not None:
             results["clip_score"] = clip_score(clip, fake, prompts, batch_size, device)
@@ -133,23 +140,48 @@ def save_worst(images: torch.Tensor, iou: torch.Tensor, prompts: list[str], path
 
 
 @torch.no_grad()
-def conditional_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, keys: list[str],
-                         batch_size: int = 250, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Share of ``images`` that ``classifier.predict`` labels as requested, per key and for all keys at once."""
+def predict_labels(classifier: nn.Module, images: torch.Tensor, keys: list[str], batch_size: int = 250,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """``B,K``: the label ``classifier.predict`` gives each of ``images`` for each of ``keys``."""
     predictions: dict[str, list[torch.Tensor]] = {}
     for chunk in images.split(batch_size):
         for key, value in classifier.predict(chunk.to(device)).items():
             predictions.setdefault(key, []).append(value.cpu())
-    wanted = labels.view(len(labels), -1)
-    correct = []
-    results: dict[str, float] = {}
-    for i, key in enumerate(keys):
+    for key in keys:
         if key not in predictions:
             raise ValueError(f"the classifier predicts {sorted(predictions)}, not the model's condition {key!r}")
-        hits = torch.cat(predictions[key]) == wanted[:, i]
-        correct.append(hits)
-        if len(keys) > 1:
-            results[f"cond_acc/{key}"] = hits.float().mean().item()
-    results["cond_acc"] = torch.stack(correct).all(0).float().mean().item()
+    return torch.stack([torch.cat(predictions[key]) for key in keys], 1)
+
+
+def accuracy(predicted: torch.Tensor, labels: torch.Tensor, keys: list[str]) -> dict[str, float]:
+    """Share of ``B,K`` ``predicted`` labels equal to ``labels`` (``B`` or ``B,K``), per key and on all keys."""
+    hits = predicted == labels.view(len(labels), -1)
+    results = {}
+    if len(keys) > 1:
+        results = {f"cond_acc/{key}": hits[:, i].float().mean().item() for i, key in enumerate(keys)}
+    results["cond_acc"] = hits.all(1).float().mean().item()
     return results
+
+
+def conditional_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, keys: list[str],
+                         batch_size: int = 250, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Share of ``images`` that ``classifier.predict`` labels as requested, per key and for all keys at once."""
+    return accuracy(predict_labels(classifier, images, keys, batch_size, device), labels, keys)
+
+
+def save_misreads(images: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor, keys: list[str],
+                  prompts: list[str], path: str | Path, names: Mapping[str, Sequence[str]] | None = None,
+                  iou: torch.Tensor | None = None, n: int = 32) -> None:
+    """PNG grid of the first ``n`` samples the classifier labels otherwise than asked, each captioned with what it
+    read (``key: value``; class names from ``names``), its IoU with the captioned shape if given, and its prompt;
+    nothing is written when it misread none."""
+    wrong = (predicted != labels.view(len(labels), -1)).nonzero().tolist()
+    read: dict[int, list[str]] = {}
+    for i, k in wrong:
+        value = int(predicted[i, k])
+        read.setdefault(i, []).append(f"{keys[k]}: {names[keys[k]][value] if names else value}")
+    if read:
+        shown = sorted(read)[:n]
+        texts = [(f"{iou[i]:.2f} " if iou is not None else "") + f"{', '.join(read[i])} | {prompts[i]}" for i in shown]
+        save_png(grid(caption_images(images[shown], texts, [(255, 80, 80)] * len(shown)), nrow=4), path)
 

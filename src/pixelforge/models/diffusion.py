@@ -107,6 +107,7 @@ class DiffusionModel(L.LightningModule):
         decode_slice: int | None = None,
         log_prompts: Sequence[str] | None = None,
         log_guidance_scale: float = 3.0,
+        log_guidance_rescale: float = 0.0,
         clip_denoised: bool = True,
         compile: bool = False,
     ) -> None:
@@ -137,6 +138,7 @@ class DiffusionModel(L.LightningModule):
             raise ValueError(f"log_prompts need a model conditioned on a prompt alone; this one reads "
                              f"{self.conditioner.input_keys}")
         self.log_guidance_scale = log_guidance_scale
+        self.log_guidance_rescale = log_guidance_rescale
         self.clip_denoised = clip_denoised
         self.compile_unet = compile
 
@@ -415,13 +417,15 @@ class DiffusionModel(L.LightningModule):
         sampler: str = "dpmpp",
         steps: int | None = 20,
         scale: float = 1.0,
+        guidance_rescale: float = 0.0,
         use_ema: bool = True,
         size: tuple[int, int] | None = None,
         init: ImageInit | None = None,
         **sampler_kwargs: Any,
     ) -> torch.Tensor:
         """Images in [-1, 1] under ``conditions`` (``{batch key: values}``, e.g. ``{"caption": prompts}``; a missing
-        one is unconditional), guided at ``scale`` against the unconditional value.
+        one is unconditional), guided at ``scale`` against the unconditional value (``guidance_rescale``: phi of
+        ``ClassifierFreeGuidance``).
 
         ``labels`` is the class-label shorthand the other generative families take. The count is ``n``, or that of
         the conditions, ``noise`` (the fixed starting latent, CompVis's ``--fixed_code``) or ``init``; ``size``
@@ -444,7 +448,8 @@ class DiffusionModel(L.LightningModule):
                 raise ValueError(f"guidance scale {scale} needs a conditional model; this one is unconditional "
                                  "(use scale 1)")
             model = ClassifierFreeGuidance(model, scale, self.unet_conditions(conditioner,
-                                                                              conditioner.unconditional(raw)))
+                                                                              conditioner.unconditional(raw)),
+                                           guidance_rescale)
         if init is not None:
             size = tuple(init.images.shape[-2:])
         if noise is None:
@@ -495,7 +500,8 @@ class DiffusionModel(L.LightningModule):
         if guided:
             generator = torch.Generator(self.device).manual_seed(0)
             images["samples_cfg"] = self.sample(n, conditions, generator=generator, scale=self.log_guidance_scale,
-                                                callback=keep_x0, **options)
+                                                guidance_rescale=self.log_guidance_rescale, callback=keep_x0,
+                                                **options)
         keep = torch.linspace(0, len(trajectory) - 1, min(8, len(trajectory))).long().tolist()
         images["denoise_row"] = self.decode(torch.cat([trajectory[i] for i in keep]))
         return images
