@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from pixelforge.data.shapes import VALUES, ShapesDataset
 from pixelforge.metrics.clip import clip_features, clip_score
 from pixelforge.metrics.fid import cached_real_features, default_cache_dir, extract, fid, kid
-from pixelforge.metrics.shape_fidelity import FIT_KEYS, THRESHOLD, shape_fidelity
+from pixelforge.metrics.shape_fidelity import FIT_KEYS, captioned_fit, summary
 from pixelforge.protocols import AlignsText
 from pixelforge.utils.images import caption_images, grid, save_png
 
@@ -111,10 +111,11 @@ def evaluate_samples(
     results = {"fid": fid(real_features, fake_features), "kid": kid_mean, "kid_std": kid_std}
     iou = None
     if prompts is not None and isinstance(dataset, ShapesDataset):
-        fidelity, iou = shape_fidelity(fake, fit_labels(dataset, n_samples, seed))
-        results.update(fidelity)
+        targets = fit_labels(dataset, n_samples, seed)
+        fits, iou, dented = captioned_fit(fake, targets)
+        results.update(summary(fits, iou, dented, targets["shape"]))
         if worst_path is not None:
-            save_worst(fake, iou, prompts, worst_path)
+            save_worst(fake, fits, iou, dented, prompts, worst_path)
     if labels is not None and hasattr(extractor, "predict"):
         predicted = predict_labels(extractor, fake, keys, batch_size, device)
         results.update(accuracy(predicted, labels, keys))
@@ -130,12 +131,13 @@ def evaluate_samples(
     return results
 
 
-def save_worst(images: torch.Tensor, iou: torch.Tensor, prompts: list[str], path: str | Path, n: int = 32) -> None:
-    """PNG grid of the ``n`` samples with the lowest IoU, each captioned with its IoU and prompt (red below the
-    threshold)."""
-    order = iou.argsort()[:n].tolist()
-    texts = [f"{iou[i]:.2f} {prompts[i]}" for i in order]
-    colors = [(255, 80, 80) if iou[i] < THRESHOLD else (255, 255, 255) for i in order]
+def save_worst(images: torch.Tensor, fits: torch.Tensor, iou: torch.Tensor, dented: torch.Tensor,
+               prompts: list[str], path: str | Path, n: int = 32) -> None:
+    """PNG grid of the ``n`` worst samples: those that do not fit first, then the rest, each by IoU; captioned with
+    the IoU, "dent" where a dent failed it, and the prompt (red: does not fit)."""
+    order = sorted(range(len(iou)), key=lambda i: (bool(fits[i]), float(iou[i])))[:n]
+    texts = [f"{iou[i]:.2f}{' dent' if dented[i] else ''} {prompts[i]}" for i in order]
+    colors = [(255, 255, 255) if fits[i] else (255, 80, 80) for i in order]
     save_png(grid(caption_images(images[order], texts, colors), nrow=4), path)
 
 

@@ -113,17 +113,22 @@ def captioned_fit(images: torch.Tensor, labels: Mapping[str, torch.Tensor],
     return (iou >= threshold) & (scores.argmax(1) == wanted) & ~dented, iou, dented
 
 
-def shape_fidelity(images: torch.Tensor, labels: Mapping[str, torch.Tensor],
-                   threshold: float = THRESHOLD) -> tuple[dict[str, float], torch.Tensor]:
-    """(``shape_fit``: share of images that fit their captioned shape, ``shape_fit/<shape>`` per captioned shape
-    and ``shape_iou`` the mean IoU with the captioned shape, ``shape_dented`` the share with a dent; the ``B`` IoUs
-    with it)."""
-    fits, iou, dented = captioned_fit(images, labels, threshold)
-    wanted = torch.as_tensor(labels["shape"]).long()
+def summary(fits: torch.Tensor, iou: torch.Tensor, dented: torch.Tensor, shapes: torch.Tensor) -> dict[str, float]:
+    """``shape_fit``: share of the ``captioned_fit`` results that fit, ``shape_fit/<shape>`` per captioned shape
+    (``shapes``: their indices), ``shape_iou`` the mean IoU with the captioned shape, ``shape_dented`` the share with
+    a dent."""
+    wanted = torch.as_tensor(shapes).long()
     results = {"shape_fit": fits.float().mean().item(), "shape_iou": iou.mean().item(),
                "shape_dented": dented.float().mean().item()}
     for index, name in enumerate(SHAPES):
         chosen = wanted == index
         if chosen.any():
             results[f"shape_fit/{name}"] = fits[chosen].float().mean().item()
-    return results, iou
+    return results
+
+
+def shape_fidelity(images: torch.Tensor, labels: Mapping[str, torch.Tensor],
+                   threshold: float = THRESHOLD) -> tuple[dict[str, float], torch.Tensor]:
+    """(``summary`` of how ``images`` fit their captioned shapes, their ``B`` IoUs with them)."""
+    fits, iou, dented = captioned_fit(images, labels, threshold)
+    return summary(fits, iou, dented, labels["shape"]), iou
