@@ -73,7 +73,7 @@ def test_txt2img_numbers_outputs_on_and_records_every_image(runs: dict[str, Path
     assert all(r["seed"] == 8 and r["eta"] == 0.5 and r["grid"] == "grid-0001.png" for r in rows[4:])
     recipe = load_run(runs["ldm"])[1].log_guidance_rescale
     assert [r["guidance_rescale"] for r in rows] == [recipe] * 4 + [0.3] * 3  # the recipe's, then the flag's
-    assert {(r["steps"], r["scale"], r["H"], r["W"]) for r in rows} == {(2, 3.0, 16, 16)}  # the recipe's scale
+    assert {(r["steps"], r["scale"], r["H"], r["W"]) for r in rows} == {(2, 2.0, 16, 16)}  # the recipe's scale
     lines = (out / "prompts.txt").read_text().splitlines()
     assert lines[0] == "samples/00000.png\ta small blue square in the top left"
     assert lines[-1] == "samples/00006.png\tred"
