@@ -33,7 +33,7 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from pixelforge.inference.arguments import load_run_or_exit
+from pixelforge.inference.arguments import load_run_or_exit, unit_interval
 from pixelforge.metrics.clip import evaluate_clip
 from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampler", nargs="*", default=["dpmpp:20"], help="NAME:STEPS for diffusion models")
     parser.add_argument("--scale", type=float, nargs="+", default=[1.0],
                         help="classifier-free guidance scale(s): one row per sampler and scale")
-    parser.add_argument("--guidance_rescale", type=float, nargs="+",
+    parser.add_argument("--guidance_rescale", type=unit_interval, nargs="+",
                         help="guidance rescale phi(s) in [0, 1] (Lin et al. 2023), one row each (default: the "
                              "model's log_guidance_rescale)")
     parser.add_argument("--n_samples", type=int, default=1000)

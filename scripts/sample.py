@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pixelforge.diffusion.samplers import SAMPLERS
 from pixelforge.inference import SampleWriter, autocast, best_device
-from pixelforge.inference.arguments import add_run_arguments, device_of, load_run_or_exit
+from pixelforge.inference.arguments import add_run_arguments, device_of, load_run_or_exit, unit_interval
 from pixelforge.protocols import Diffuses, Generates, KeepsEMA
 
 
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (diffusion)")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta (0: deterministic)")
     parser.add_argument("--scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
-    parser.add_argument("--guidance_rescale", type=float, default=0.0,
+    parser.add_argument("--guidance_rescale", type=unit_interval, default=0.0,
                         help="phi in [0, 1]: guided prediction's std pulled towards the conditional one's (Lin et al.)")
     parser.add_argument("--class_label", default=None,
                         help="class to generate (int), or key=value,... for several label keys; "
@@ -76,8 +76,6 @@ def sampling_options(model, args: argparse.Namespace) -> dict:
     """The keyword arguments of ``model.sample`` that this run's family takes (diffusion options, EMA)."""
     options: dict = {}
     if isinstance(model, Diffuses):
-        if not 0 <= args.guidance_rescale <= 1:
-            raise SystemExit(f"--guidance_rescale {args.guidance_rescale} must lie in [0, 1] (0: plain guidance)")
         options = {"sampler": args.sampler, "steps": args.steps, "scale": args.scale,
                    "guidance_rescale": args.guidance_rescale}
         if args.eta is not None:

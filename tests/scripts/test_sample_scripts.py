@@ -46,7 +46,7 @@ def test_sample_script_errors_are_clear(trained_run: Path, tmp_path: Path) -> No
     bad = script("sample.py", "--ckpt", str(trained_run), "--class_label", "12", "--outdir", str(tmp_path))
     assert bad.returncode != 0 and "0..9" in bad.stderr
     rescale = script("sample.py", "--ckpt", str(trained_run), "--guidance_rescale", "-0.1", "--outdir", str(tmp_path))
-    assert rescale.returncode != 0 and "--guidance_rescale -0.1 must lie in [0, 1]" in rescale.stderr
+    assert rescale.returncode == 2 and "--guidance_rescale: must lie in [0, 1]" in rescale.stderr
 
 
 def test_evaluate_script_reports_fid_and_accuracy_per_sampler(trained_run: Path, tmp_path: Path,

@@ -103,7 +103,8 @@ def test_autocast_and_skip_save(runs: dict[str, Path], tmp_path: Path) -> None:
     (["--from-file", "EMPTY"], "holds no prompts"),
     (["--C", "3"], "--C 3 does not match the model, whose value is 4"),
     (["--ddim_eta", "0.5"], "applies to the DDIM sampler only"),
-    (["--guidance_rescale", "1.5"], "--guidance_rescale 1.5 must lie in [0, 1]"),
+    (["--guidance_rescale", "1.5"], "--guidance_rescale: must lie in [0, 1] (0: plain guidance, 0.7: Lin et al.), "
+                                    "got 1.5"),
     (["--ddim_steps", "2000"], "steps=2000 must be between 1 and the schedule's num_timesteps=1000"),
 ])
 def test_txt2img_rejects_bad_settings(runs: dict[str, Path], tmp_path: Path, args: list[str], message: str) -> None:

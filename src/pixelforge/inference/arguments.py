@@ -50,6 +50,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """argparse type: a guidance rescale, a number in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1] (0: plain guidance, 0.7: Lin et al.), got {value}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every sampling script takes: which run, seed, precision, EMA weights and device."""
     parser.add_argument("--ckpt", required=True, help="a run directory or a checkpoint inside one")
@@ -99,7 +107,7 @@ def text_to_image_parser(prog: str, description: str) -> argparse.ArgumentParser
     parser.add_argument("--n_rows", type=positive_int, help="images per grid row (default: n_samples)")
     parser.add_argument("--scale", type=float,
                         help="classifier-free guidance scale, 1: none (default: the model's, 7.5 for Stable Diffusion)")
-    parser.add_argument("--guidance_rescale", type=float,
+    parser.add_argument("--guidance_rescale", type=unit_interval,
                         help="phi in [0, 1]: pull the guided prediction's std towards the conditional one's (Lin et "
                              "al. 2023; 0: plain guidance; default: the model's)")
     parser.add_argument("--sd_version", choices=["v1", "v2", "v2-v"],
