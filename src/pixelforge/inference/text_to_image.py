@@ -112,9 +112,6 @@ def load_image(path: str | Path, height: int, width: int, mode: str) -> torch.Te
 def sampler_options(sampler: str = "dpmpp", steps: int = 20, scale: float = 5.0, eta: float = 0.0,
                     use_ema: bool = True, guidance_rescale: float = 0.0) -> dict[str, Any]:
     """``DiffusionModel.sample`` keywords; ``eta`` belongs to DDIM and must stay 0 for the other samplers."""
-    if not 0 <= guidance_rescale <= 1:
-        raise InferenceError(f"--guidance_rescale {guidance_rescale} must lie in [0, 1] (0: plain guidance, 0.7: "
-                             "Lin et al.)")
     options = {"sampler": sampler, "steps": steps, "scale": scale, "use_ema": use_ema,
                "guidance_rescale": guidance_rescale}
     if sampler == "ddim":
