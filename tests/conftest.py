@@ -1,4 +1,4 @@
-"""Shared fixtures: torchvision's md5 checks relaxed for fake files, and fake dataset roots."""
+"""Shared fixtures: torchvision's md5 checks relaxed for fake files, fake dataset roots; one thread per xdist worker."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import torchvision.datasets.celeba
 import torchvision.datasets.cifar
 from fake_data import write_celeba, write_cifar10
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: two 2-thread workers would starve each other
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
