@@ -46,9 +46,10 @@ def test_flags_translate_to_run_keys() -> None:
 def test_defaults_and_experiment_name() -> None:
     cfg = config([])
     assert cfg.seed == 23 and cfg.logdir == "logs" and cfg.scale_lr and not cfg.train
-    assert cfg.name == "ldm_shapes_txt2img"  # python main.py -t trains the text-to-image recipe
+    assert cfg.name == "ldm_shapes_clip"  # python main.py -t trains the text-to-image recipe
     assert cfg.model._target_.endswith("DiffusionModel") and cfg.data.dataset._target_.endswith("ShapesDataset")
     assert cfg.model.first_stage.experiment == "autoencoder_kl_shapes"
+    assert cfg.model.conditioner.caption.encoder.experiment == "clip_shapes"
     assert config(["experiment=classifier_vit_mnist5k"]).name == "classifier_vit_mnist5k"
 
 

@@ -21,7 +21,7 @@ from sd_tiny import write_tiny_sd
 
 from pixelforge.benchmark.recipes import compose
 from pixelforge.cli import compose_config, experiments, parse
-from pixelforge.stages import connect, plan
+from pixelforge.stages import connect, plan, prerequisites
 from pixelforge.train import build_model, run
 from pixelforge.utils.meta import parameters_on_meta
 
@@ -39,28 +39,16 @@ SMOKE = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_te
 WIDTHS, NARROW, GPU_WIDTH = ("unet.model_channels", "ddconfig.ch"), 32, 128
 
 
-def clip_run(tmp_path: Path) -> Path:
-    """A two-step clip_shapes run (trained once) whose text tower a recipe with our own CLIP encoder loads."""
-    logs = tmp_path / "clip"
-    if not logs.exists():
-        run(smoke_config(["experiment=clip_shapes", "-l", str(logs)], tmp_path))
-    (run_dir,) = logs.iterdir()
-    return run_dir
-
-
 def stand_in(cfg: DictConfig, tmp_path: Path) -> list[str]:
     """Overrides that point a recipe needing downloaded or user data at tiny data written here (once: a latent
     diffusion recipe and its first stage share it; at most 32 px), one fine-tuning released weights at a tiny
-    random file, and one whose text encoder is our own CLIP at a two-step CLIP run, and a recipe caching its
-    latents at 64 training items."""
+    random file, and a recipe caching its latents at 64 training items."""
     weights = []
     if cfg.model._target_.endswith("stable_diffusion.pretrained"):
         ckpt = tmp_path / "sd" / "model.safetensors"
         if not ckpt.exists():
             write_tiny_sd(ckpt)
         weights = [f"model.ckpt={ckpt}", *sd_tiny.overrides()]
-    if str(OmegaConf.select(cfg, "model.conditioner.caption.encoder._target_")).endswith("frozen_text_tower"):
-        weights = [f"model.conditioner.caption.encoder.run={clip_run(tmp_path)}"]
     if OmegaConf.select(cfg, "callbacks.latent_cache"):  # it encodes the whole training split before step one
         weights.append("data.dataset.num_samples.train=64")
     target = cfg.data.dataset._target_
@@ -108,27 +96,26 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_stages() -> set[str]:
-    """Experiments that a latent-diffusion recipe names as its first stage."""
-    stages = (compose_config(*parse([f"experiment={name}"])).model.get("first_stage") for name in experiments())
-    return {stage.experiment for stage in stages if stage and stage.get("experiment")}
+def stages() -> set[str]:
+    """Experiments whose runs a recipe builds on (first stages, CLIPs): their smoke checkpoints are kept."""
+    return {node.experiment for name in experiments()
+            for node in prerequisites(compose_config(*parse([f"experiment={name}"]))) if node.get("experiment")}
 
 
 @pytest.mark.parametrize("experiment", experiments())
-def test_experiment_trains_two_steps(experiment: str, shared_dir: Path, first_stages: set[str],
-                                     no_md5: None) -> None:
+def test_experiment_trains_two_steps(experiment: str, shared_dir: Path, stages: set[str], no_md5: None) -> None:
     cfg = smoke_config([f"experiment={experiment}", "-l", str(shared_dir / "logs")], shared_dir)
-    *first_stage, _ = plan(cfg, lambda first: smoke_config(first, shared_dir))
-    for first in first_stage:  # usually none: first-stage experiments sort before the LDMs and are kept
-        run(first)
-        connect(cfg, first)
+    *planned, _ = plan(cfg, lambda stage: smoke_config(stage, shared_dir))
+    for stage in planned:  # usually none: first stages and CLIPs sort before the LDMs and are kept
+        run(stage)
+        connect(cfg, stage)
     metrics = run(cfg)
     run_dir = Path(cfg.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False, mmap=True)["global_step"] == 2
     assert list((run_dir / "images" / "train").glob("*.png"))
     assert metrics and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
-    if experiment not in first_stages:
+    if experiment not in stages:
         last.unlink()
 
 

@@ -1,4 +1,5 @@
-"""Two-stage recipes: main.py trains the first stage when no finished run exists, and reuses it when one does."""
+"""Recipes built on other runs: main.py trains a first stage (and a CLIP for the default recipe's text encoder)
+when no finished run exists, and reuses it when one does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pixelforge.cli import compose_config, main, parse, run_plan
+from pixelforge.models.clip import frozen_text_tower
 from pixelforge.models.first_stage import FirstStageModel
 from pixelforge.runs import FINISHED, finished_runs
 from pixelforge.stages import plan, single_process
@@ -20,15 +22,23 @@ QUIET = ["trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0", "callb
          "data.dataset.num_samples={train: 16, val: 8, test: 8, heldout: 8}"]
 TINY_FIRST = ["model.ddconfig.ch=8", "model.ddconfig.ch_mult=[1,2]", "model.ddconfig.num_groups=4",
               "trainer.max_steps=2", *QUIET]
-TINY_LDM = ["experiment=ldm_shapes_txt2img", "model.unet.model_channels=16", "model.unet.num_groups=8",
-            "model.unet.num_res_blocks=1",
-            "model.conditioner.caption.encoder.dim=16", "model.conditioner.caption.encoder.depth=1",
-            "model.log_sampler.steps=2", "trainer.max_steps=1", *QUIET]
+TINY_UNET = ["model.unet.model_channels=16", "model.unet.num_groups=8", "model.unet.num_res_blocks=1",
+             "model.log_sampler.steps=2", "trainer.max_steps=1", *QUIET]
+TINY_LDM = ["experiment=ldm_shapes_txt2img", "model.conditioner.caption.encoder.dim=16",
+            "model.conditioner.caption.encoder.depth=1", *TINY_UNET]
+TINY_CLIP = ["model.image_encoder.channels=[8,8]", "model.image_encoder.hidden_dim=16", "model.text_encoder.dim=16",
+             "model.text_encoder.depth=1", "model.text_encoder.heads=2", "model.embed_dim=16", "trainer.max_steps=2",
+             *QUIET]
 
 
 def compose_tiny_first(overrides: list[str]):
     """``main.py``'s composition of the first stage, made tiny for the test."""
     return compose_config(*parse([*overrides, *TINY_FIRST]))
+
+
+def compose_tiny_stage(overrides: list[str]):
+    """``main.py``'s composition of a planned first stage or CLIP, made tiny for the test."""
+    return compose_config(*parse([*overrides, *(TINY_CLIP if "experiment=clip_shapes" in overrides else TINY_FIRST)]))
 
 
 def tiny_ldm(logdir: Path, *extra: str):
@@ -49,6 +59,26 @@ def test_trains_the_first_stage_when_missing_then_reuses_it(tmp_path: Path) -> N
     again = tiny_ldm(tmp_path)
     assert plan(again, lambda overrides: pytest.fail("must reuse, not train")) == [again]
     assert again.model.first_stage.run == str(first)
+
+
+def test_the_default_recipe_trains_its_first_stage_and_clip_first_then_reuses_both(tmp_path: Path) -> None:
+    cfg = compose_config(*parse(["-t", "-l", str(tmp_path), *TINY_UNET]))  # no experiment=: the default
+    steps = plan(cfg, compose_tiny_stage)
+    assert [step.experiment_name for step in steps] == ["autoencoder_kl_shapes", "clip_shapes", "ldm_shapes_clip"]
+    assert run_plan(steps) == 0
+    (first,), (clip,) = finished_runs(tmp_path, "autoencoder_kl_shapes"), finished_runs(tmp_path, "clip_shapes")
+    saved = OmegaConf.load(Path(cfg.run_dir) / "configs" / "config.yaml")
+    assert saved.model.first_stage.run == str(first) and saved.model.conditioner.caption.encoder.run == str(clip)
+    assert (Path(cfg.run_dir) / FINISHED).is_file()
+
+    again = compose_config(*parse(["-t", "-l", str(tmp_path), *TINY_UNET]))
+    assert plan(again, lambda overrides: pytest.fail("must reuse, not train")) == [again]
+    assert again.model.conditioner.caption.encoder.run == str(clip)
+
+
+def test_a_clip_text_encoder_without_a_run_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"needs a CLIP run directory .*experiment 'clip_shapes' is turned into"):
+        frozen_text_tower(experiment="clip_shapes")
 
 
 def test_main_trains_the_ldm_on_a_reused_first_stage(tmp_path: Path) -> None:

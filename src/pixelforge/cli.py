@@ -307,7 +307,7 @@ def lr_hint(cfg: DictConfig) -> str:
 
 
 def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-    """Compose one config, plan it (first stage first, when one must be trained) and run the plan.
+    """Compose one config, plan it (a first stage or CLIP it needs trained first) and run the plan.
 
     One error policy for every step: a config that cannot run is a message and exit code 2 before anything is
     written; SIGTERM, Ctrl-C and a non-finite loss are a message with the command that continues (exit 143, 130,
@@ -323,7 +323,7 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         from pixelforge.validation import check_config
 
         check_runnable(cfg)  # "nothing to do" before the plan looks for a first stage
-        steps = plan(cfg, lambda first: compose_config(parse([])[0], first))
+        steps = plan(cfg, lambda stage: compose_config(parse([])[0], stage))
         for step in steps:  # every step's config is checked before the first one runs (a planned first stage
             check_config(step)  # trains from scratch: it has no checkpoint for check_runnable to read)
     except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
@@ -333,13 +333,15 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 
 def run_plan(steps: Sequence[DictConfig]) -> int:
-    """Run a plan's configs in order, the last one on the first stage the others trained; the first non-zero
-    exit code ends it (see ``run_one``)."""
+    """Run a plan's configs in order, the last one on the runs the others trained (a first stage, a CLIP); the
+    first non-zero exit code ends it (see ``run_one``)."""
     from pixelforge.stages import connect
 
-    for i, step in enumerate(steps):
-        if i and i == len(steps) - 1:
-            connect(step, steps[0])
+    *stages, last = steps
+    for step in steps:
+        if step is last:
+            for stage in stages:
+                connect(last, stage)
         code = run_step(step)
         if code:
             return code

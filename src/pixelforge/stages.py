@@ -1,5 +1,6 @@
-"""Two-stage recipes as a plan: a latent-diffusion config names its first-stage experiment; reuse the newest
-finished run of that experiment under the log directory, or put a run of it first in the plan."""
+"""Recipes built on other runs, as a plan: a latent-diffusion config names its first-stage experiment (and may name
+a CLIP experiment for its text encoder); reuse the newest finished run of each under the log directory, or put a
+run of it first in the plan."""
 
 from __future__ import annotations
 
@@ -28,7 +29,23 @@ def single_process(cfg: DictConfig) -> bool:
     return int(devices) in (1, -1) and (int(devices) == 1 or torch.cuda.device_count() <= 1)
 
 
-def first_stage_overrides(cfg: DictConfig, experiment: str) -> list[str]:
+def prerequisites(cfg: DictConfig) -> list[DictConfig]:
+    """The nodes of ``cfg.model`` that name another run: its ``first_stage`` and each conditioner embedder's
+    ``encoder`` that has an ``experiment`` key (our own CLIP's text tower). Each may hold ``experiment``, ``run``."""
+    model = cfg.get("model") or {}
+    nodes = [model.get("first_stage")]
+    conditioner = model.get("conditioner") or {}
+    nodes += [embedder.get("encoder") for embedder in conditioner.values() if isinstance(embedder, DictConfig)]
+    return [node for node in nodes if isinstance(node, DictConfig) and "experiment" in node]
+
+
+def unresolved(cfg: DictConfig) -> list[DictConfig]:
+    """The ``prerequisites`` that name an experiment but no run or checkpoint yet."""
+    return [node for node in prerequisites(cfg)
+            if node.get("experiment") and not node.get("run") and not node.get("ckpt")]
+
+
+def stage_overrides(cfg: DictConfig, experiment: str) -> list[str]:
     """Overrides that train ``experiment`` as ``cfg`` would run: same log directory, seed, devices and threads."""
     overrides = ["train=true", f"experiment={experiment}", f"logdir={cfg.logdir}", f"seed={cfg.seed}"]
     if cfg.get("threads") is not None:
@@ -37,42 +54,44 @@ def first_stage_overrides(cfg: DictConfig, experiment: str) -> list[str]:
 
 
 def plan(cfg: DictConfig, compose: Callable[[list[str]], DictConfig]) -> list[DictConfig]:
-    """The configs to run, in order: ``[cfg]``, or ``[first stage, cfg]`` when ``cfg`` needs a first stage trained.
+    """The configs to run, in order: ``[cfg]``, or ``[stage, ..., cfg]`` when ``cfg`` needs runs trained first.
 
-    A model whose ``first_stage`` names an ``experiment`` (and no run or checkpoint) is pointed at the newest
-    finished run of it under the log directory; without one, a run of it is planned first (``connect`` then
-    points ``cfg`` at it). ``compose`` turns overrides into a config as ``main.py`` would. Nothing runs here.
+    Each of ``cfg``'s ``prerequisites`` that names an ``experiment`` (and no run or checkpoint) is pointed at the
+    newest finished run of it under the log directory; without one, a run of it is planned first (``connect``
+    then points ``cfg`` at it). ``compose`` turns overrides into a config as ``main.py`` would. Nothing runs here.
     """
-    spec = cfg.model.get("first_stage") if "model" in cfg else None
-    if not spec or spec.get("run") or spec.get("ckpt") or not spec.get("experiment"):
-        return [cfg]
-    experiment = spec.experiment
-    runs = finished_runs(cfg.logdir, experiment)
-    if runs:
-        rank_zero_info(f"First stage: reusing {runs[-1]} (newest finished {experiment} run under {cfg.logdir})")
-        point_at(cfg, runs[-1])
-        return [cfg]
-    if not cfg.train:
-        raise ValueError(f"no finished {experiment} run under {cfg.logdir} for model.first_stage; train with -t "
-                         f"(the first stage trains first) or set model.first_stage.run=<run directory>")
-    if not single_process(cfg):
-        raise ValueError(f"no finished {experiment} run under {cfg.logdir}, and it is not trained automatically "
-                         f"under multi-process training: run `python main.py -t experiment={experiment} "
-                         f"-l {cfg.logdir}` first, or set model.first_stage.run=<run directory>")
-    rank_zero_info(f"First stage: no finished {experiment} run under {cfg.logdir}; training it first")
-    return [compose(first_stage_overrides(cfg, experiment)), cfg]
+    steps = []
+    for node in unresolved(cfg):
+        experiment = node.experiment
+        runs = finished_runs(cfg.logdir, experiment)
+        if runs:
+            rank_zero_info(f"Reusing {runs[-1]} (the newest finished {experiment} run under {cfg.logdir})")
+            point_at(node, runs[-1])
+            continue
+        if not cfg.train:
+            raise ValueError(f"no finished {experiment} run under {cfg.logdir} for the model to use; train with -t "
+                             f"({experiment} trains first) or set its run=<run directory>")
+        if not single_process(cfg):
+            raise ValueError(f"no finished {experiment} run under {cfg.logdir}, and it is not trained automatically "
+                             f"under multi-process training: run `python main.py -t experiment={experiment} "
+                             f"-l {cfg.logdir}` first, or set its run=<run directory>")
+        rank_zero_info(f"No finished {experiment} run under {cfg.logdir}: training it first")
+        steps.append(compose(stage_overrides(cfg, experiment)))
+    return [*steps, cfg]
 
 
-def point_at(cfg: DictConfig, run_dir: Path) -> None:
-    """Make ``cfg``'s model use the first-stage run ``run_dir``."""
-    with open_dict(cfg):
-        cfg.model.first_stage.run = str(run_dir)
+def point_at(node: DictConfig, run_dir: Path) -> None:
+    """Make the prerequisite ``node`` (a first stage, a text encoder) use the run ``run_dir``."""
+    with open_dict(node):
+        node.run = str(run_dir)
 
 
-def connect(cfg: DictConfig, first: DictConfig) -> None:
-    """Point ``cfg`` at the first stage ``first`` that the plan just trained; it must have finished."""
-    run_dir = Path(first.run_dir)
+def connect(cfg: DictConfig, done: DictConfig) -> None:
+    """Point ``cfg`` at the run of a stage ``done`` that the plan just trained; it must have finished."""
+    run_dir = Path(done.run_dir)
     if not is_finished(run_dir):
-        raise RuntimeError(f"the first stage {run_dir} did not finish training; resume it with "
-                           f"`python main.py -t -r {run_dir}`, then run this command again")
-    point_at(cfg, run_dir)
+        raise RuntimeError(f"{run_dir} did not finish training; resume it with `python main.py -t -r {run_dir}`, "
+                           f"then run this command again")
+    for node in unresolved(cfg):
+        if node.experiment == done.experiment_name:
+            point_at(node, run_dir)

@@ -179,9 +179,15 @@ class CLIP(L.LightningModule):
         return {"similarity": figure_tensor(similarity_figure(similarity.cpu(), images.cpu(), captions))[None]}
 
 
-def frozen_text_tower(run: str, layer: str = "last") -> CausalTextTransformer:
+def frozen_text_tower(run: str | None = None, layer: str = "last",
+                      experiment: str | None = None) -> CausalTextTransformer:
     """The text tower of the CLIP run at ``run``, frozen, as a conditioner's text encoder: the token states of its
-    ``layer`` (``last``, as SD 1.x takes CLIP's, or ``penultimate``, as SD 2.x takes OpenCLIP's)."""
+    ``layer`` (``last``, as SD 1.x takes CLIP's, or ``penultimate``, as SD 2.x takes OpenCLIP's). ``experiment``
+    alone is turned into a run by ``main.py -t`` before the model is built (:func:`pixelforge.stages.plan`)."""
+    if not run:
+        hint = f"; experiment {experiment!r} is turned into a run by main.py -t" if experiment else ""
+        raise ValueError(f"the CLIP text encoder needs a CLIP run directory (run=logs/<clip run>) or a CLIP "
+                         f"experiment that main.py -t trains first (experiment=clip_shapes){hint}")
     from pixelforge.runs import load_run
 
     _, model = load_run(run)
