@@ -7,7 +7,7 @@ denoising-diffusion-pytorch.
     python scripts/benchmark.py --cases sd --device cuda            # Stable Diffusion 1.x's model (random weights)
     python scripts/benchmark.py --cases latents,sd_latents          # training from cached latents vs encoding
     python scripts/benchmark.py --cases quality -l logs             # time to quality: trains the recipe (minutes)
-    python scripts/benchmark.py --experiment ldm_shapes_txt2img --experiment ldm_mnist5k_txt2img
+    python scripts/benchmark.py --experiment ldm_shapes_clip --experiment ldm_shapes_txt2img
 
 The text, utilisation, sampling and data cases time the model each --experiment recipe builds, as training builds it
 (a first stage it would train first is built untrained), on a batch of its datamodule: the model's own training step
@@ -36,7 +36,7 @@ from pixelforge.benchmark.report import table
 from pixelforge.benchmark.settings import settings
 from pixelforge.cli import experiments
 
-DEFAULT_EXPERIMENT = "ldm_shapes_txt2img"
+DEFAULT_EXPERIMENT = "ldm_shapes_clip"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

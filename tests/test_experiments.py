@@ -98,8 +98,8 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stages() -> set[str]:
     """Experiments whose runs a recipe builds on (first stages, CLIPs): their smoke checkpoints are kept."""
-    return {node.experiment for name in experiments()
-            for node in prerequisites(compose_config(*parse([f"experiment={name}"]))) if node.get("experiment")}
+    configs = (compose_config(*parse([f"experiment={name}"])) for name in experiments())
+    return {node.experiment for cfg in configs for node in prerequisites(cfg).values() if node.get("experiment")}
 
 
 @pytest.mark.parametrize("experiment", experiments())

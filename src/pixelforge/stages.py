@@ -29,20 +29,22 @@ def single_process(cfg: DictConfig) -> bool:
     return int(devices) in (1, -1) and (int(devices) == 1 or torch.cuda.device_count() <= 1)
 
 
-def prerequisites(cfg: DictConfig) -> list[DictConfig]:
-    """The nodes of ``cfg.model`` that name another run: its ``first_stage`` and each conditioner embedder's
-    ``encoder`` that has an ``experiment`` key (our own CLIP's text tower). Each may hold ``experiment``, ``run``."""
+def prerequisites(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The nodes of ``cfg.model`` that name another run, by their dotted path in ``cfg``: its ``first_stage`` and
+    each conditioner embedder's ``encoder`` that has an ``experiment`` key (our own CLIP's text tower). Each may
+    hold an ``experiment`` and a ``run``."""
     model = cfg.get("model") or {}
-    nodes = [model.get("first_stage")]
-    conditioner = model.get("conditioner") or {}
-    nodes += [embedder.get("encoder") for embedder in conditioner.values() if isinstance(embedder, DictConfig)]
-    return [node for node in nodes if isinstance(node, DictConfig) and "experiment" in node]
+    nodes = {"model.first_stage": model.get("first_stage")}
+    for name, embedder in (model.get("conditioner") or {}).items():
+        if isinstance(embedder, DictConfig):
+            nodes[f"model.conditioner.{name}.encoder"] = embedder.get("encoder")
+    return {path: node for path, node in nodes.items() if isinstance(node, DictConfig) and "experiment" in node}
 
 
-def unresolved(cfg: DictConfig) -> list[DictConfig]:
+def unresolved(cfg: DictConfig) -> dict[str, DictConfig]:
     """The ``prerequisites`` that name an experiment but no run or checkpoint yet."""
-    return [node for node in prerequisites(cfg)
-            if node.get("experiment") and not node.get("run") and not node.get("ckpt")]
+    return {path: node for path, node in prerequisites(cfg).items()
+            if node.get("experiment") and not node.get("run") and not node.get("ckpt")}
 
 
 def stage_overrides(cfg: DictConfig, experiment: str) -> list[str]:
@@ -61,7 +63,7 @@ def plan(cfg: DictConfig, compose: Callable[[list[str]], DictConfig]) -> list[Di
     then points ``cfg`` at it). ``compose`` turns overrides into a config as ``main.py`` would. Nothing runs here.
     """
     steps = []
-    for node in unresolved(cfg):
+    for node in unresolved(cfg).values():
         experiment = node.experiment
         runs = finished_runs(cfg.logdir, experiment)
         if runs:
@@ -92,6 +94,6 @@ def connect(cfg: DictConfig, done: DictConfig) -> None:
     if not is_finished(run_dir):
         raise RuntimeError(f"{run_dir} did not finish training; resume it with `python main.py -t -r {run_dir}`, "
                            f"then run this command again")
-    for node in unresolved(cfg):
+    for node in unresolved(cfg).values():
         if node.experiment == done.experiment_name:
             point_at(node, run_dir)

@@ -14,11 +14,12 @@ from runner import script
 
 from pixelforge.cli import compose_config, parse
 from pixelforge.runs import FINISHED, model_config
+from pixelforge.stages import prerequisites
 from pixelforge.train import build_model
 
 KEYS = {"case", "precision", "ours_ms", "peer", "peer_ms", "ratio", "ours_params", "peer_params", "ours_spread_ms",
         "ours_peak_mb"}
-RECIPE = "ldm_shapes_txt2img"
+RECIPE = "ldm_shapes_clip"  # the default recipe: a first stage and a CLIP are trained before it
 
 
 def untrained_run(experiment: str, run_dir: Path) -> Path:
@@ -34,18 +35,22 @@ def untrained_run(experiment: str, run_dir: Path) -> Path:
     return run_dir
 
 
+def untrained_stages(logdir: Path) -> list[str]:
+    """Untrained finished runs of the first stage and CLIP the recipe names, under ``logdir``; overrides naming them."""
+    stages = prerequisites(compose_config(*parse([f"experiment={RECIPE}"])))
+    return [f"{path}.run={untrained_run(node.experiment, logdir / f'2026-01-01T00-00-00_{node.experiment}')}"
+            for path, node in stages.items()]
+
+
 def training_unet(tmp_path: Path) -> torch.nn.Module:
-    """The U-Net of the recipe's model as ``train.run`` builds it, its first stage a run of the first-stage recipe."""
-    first_stage = compose_config(*parse([f"experiment={RECIPE}"])).model.first_stage.experiment
-    run_dir = untrained_run(first_stage, tmp_path / "first_stage")
-    cfg = compose_config(*parse([f"experiment={RECIPE}", f"model.first_stage.run={run_dir}"]))
+    """The U-Net of the recipe's model as ``train.run`` builds it, on runs of the first stage and CLIP it names."""
+    cfg = compose_config(*parse([f"experiment={RECIPE}", *untrained_stages(tmp_path / "stages")]))
     return build_model(cfg, L.Trainer(accelerator="cpu", devices=1, logger=False)).unet
 
 
 def test_quick_benchmark_without_peers(tmp_path: Path) -> None:
     out, logs = tmp_path / "bench.json", tmp_path / "logs"
-    first_stage = compose_config(*parse([f"experiment={RECIPE}"])).model.first_stage.experiment
-    untrained_run(first_stage, logs / f"2026-01-01T00-00-00_{first_stage}")  # the quality case trains on it
+    untrained_stages(logs)  # the quality case trains on them
     result = script("benchmark.py", "--quick", "--no-peers", "--device", "cpu", "--cases", "all", "--out", str(out),
                     "-l", str(logs), "--precision", "fp32")  # bf16 is autocast around the same calls
     assert result.returncode == 0, result.stderr

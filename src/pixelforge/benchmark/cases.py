@@ -231,8 +231,8 @@ def data_case(experiment: str, cfg: Settings, device: torch.device) -> dict[str,
 
 
 def quality_case(experiment: str, cfg: Settings, logdir: str, device: torch.device) -> dict[str, Any]:
-    """Case 9, time to quality: ``main.py -t`` trains the recipe (its first stage too, unless one finished under
-    ``logdir``) with ``callbacks.quality_curve`` on; the record holds the curve's points (the strict shape fit
+    """Case 9, time to quality: ``main.py -t`` trains the recipe (its first stage and CLIP too, unless they finished
+    under ``logdir``) with ``callbacks.quality_curve`` on; the record holds the curve's points (the strict shape fit
     against training wall time), the first time it reached the target, and the whole run's wall time less the
     curve's own sampling, and its peak memory."""
     quality = cfg["quality"]

@@ -19,6 +19,7 @@ from pixelforge.cli import compose_config, parse
 from pixelforge.interop import stable_diffusion
 from pixelforge.models.diffusion import DiffusionModel
 from pixelforge.runs import model_config
+from pixelforge.stages import unresolved
 from pixelforge.train import build_datamodule, build_model
 
 PROMPT = "a photograph of an astronaut riding a horse"  # the captions of Stable Diffusion's synthetic batch
@@ -36,19 +37,21 @@ class Subject:
 def compose(experiment: str, overrides: Sequence[str], device: torch.device) -> DictConfig:
     """The experiment's config as ``main.py`` composes it, on one device of ``device``'s kind.
 
-    A first stage the recipe names by experiment (which ``main.py -t`` would train first) is built untrained from
-    that experiment's model config, composed with the same ``data.*`` overrides: timing needs its shape, not its
-    weights, so no trained run is needed.
+    A first stage or CLIP the recipe names by experiment (which ``main.py -t`` would train first) is built untrained
+    from that experiment's model config, composed with the same ``data.*`` overrides: timing needs its shape, not
+    its weights, so no trained run is needed.
     """
     accelerator = "cpu" if device.type == "cpu" else "gpu"
     cfg = compose_config(*parse([f"experiment={experiment}", *overrides, f"trainer.accelerator={accelerator}",
                                  "trainer.devices=1"]))
-    stage = cfg.model.get("first_stage")
-    if stage and stage.get("experiment") and not (stage.get("run") or stage.get("ckpt")):
-        data = [override for override in overrides if override.startswith("data.")]
-        first = compose_config(*parse([f"experiment={stage.experiment}", *data]))
+    data = [override for override in overrides if override.startswith("data.")]
+    for path, node in unresolved(cfg).items():
+        stage = compose_config(*parse([f"experiment={node.experiment}", *data]))
+        model = OmegaConf.to_container(model_config(stage.model), resolve=True)
+        if path != "model.first_stage":  # a text encoder: the CLIP's text tower
+            model = {"_target_": "pixelforge.models.clip.text_tower", "clip": model, "layer": node.get("layer", "last")}
         with open_dict(cfg):
-            cfg.model.first_stage = OmegaConf.to_container(model_config(first.model), resolve=True)
+            OmegaConf.update(cfg, path, model, merge=False)
     return cfg
 
 

@@ -193,6 +193,11 @@ def frozen_text_tower(run: str | None = None, layer: str = "last",
     _, model = load_run(run)
     if not isinstance(model, CLIP):
         raise ValueError(f"{run} is a {type(model).__name__} run, not a CLIP run (experiment=clip_shapes, ...)")
-    tower = model.text_encoder
+    return text_tower(model, layer)
+
+
+def text_tower(clip: CLIP, layer: str = "last") -> CausalTextTransformer:
+    """``clip``'s text tower, frozen, giving the token states of its ``layer`` (``last`` or ``penultimate``)."""
+    tower = clip.text_encoder
     tower.layer = check_layer(layer, len(tower.blocks))
     return tower.eval().requires_grad_(False)
