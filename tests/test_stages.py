@@ -76,9 +76,12 @@ def test_the_default_recipe_trains_its_first_stage_and_clip_first_then_reuses_bo
     assert again.model.conditioner.caption.encoder.run == str(clip)
 
 
-def test_a_clip_text_encoder_without_a_run_is_a_clear_error() -> None:
+def test_a_clip_text_encoder_without_a_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"needs a CLIP run directory .*experiment 'clip_shapes' is turned into"):
         frozen_text_tower(experiment="clip_shapes")
+    testing = compose_config(*parse(["-l", str(tmp_path), f"model.first_stage.run={tmp_path}"]))  # no -t
+    with pytest.raises(ValueError, match=r"no finished clip_shapes run .* set model.conditioner.caption.encoder.run="):
+        plan(testing, lambda overrides: pytest.fail("nothing trains without -t"))
 
 
 def test_main_trains_the_ldm_on_a_reused_first_stage(tmp_path: Path) -> None:
@@ -147,7 +150,8 @@ def test_unfinished_runs_are_not_reused_and_testing_needs_one(tmp_path: Path, ca
     torch.save({"state_dict": {}}, unfinished / "checkpoints" / "last.ckpt")  # readable, but not finished
     assert finished_runs(tmp_path, "autoencoder_kl_shapes") == []
     assert main(["-l", str(tmp_path), "ckpt_path=" + str(unfinished / "checkpoints" / "last.ckpt"), *TINY_LDM]) == 2
-    assert "no finished autoencoder_kl_shapes run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no finished autoencoder_kl_shapes run" in err and "model.first_stage.run=<run directory>" in err
 
 
 @pytest.mark.parametrize(("trainer", "expected"), [

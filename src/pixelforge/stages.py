@@ -63,21 +63,21 @@ def plan(cfg: DictConfig, compose: Callable[[list[str]], DictConfig]) -> list[Di
     then points ``cfg`` at it). ``compose`` turns overrides into a config as ``main.py`` would. Nothing runs here.
     """
     steps = []
-    for node in unresolved(cfg).values():
+    for path, node in unresolved(cfg).items():
         experiment = node.experiment
         runs = finished_runs(cfg.logdir, experiment)
         if runs:
-            rank_zero_info(f"Reusing {runs[-1]} (the newest finished {experiment} run under {cfg.logdir})")
+            rank_zero_info(f"{path}: reusing {runs[-1]} (the newest finished {experiment} run under {cfg.logdir})")
             point_at(node, runs[-1])
             continue
         if not cfg.train:
-            raise ValueError(f"no finished {experiment} run under {cfg.logdir} for the model to use; train with -t "
-                             f"({experiment} trains first) or set its run=<run directory>")
+            raise ValueError(f"no finished {experiment} run under {cfg.logdir} for {path}; train with -t "
+                             f"({experiment} trains first) or set {path}.run=<run directory>")
         if not single_process(cfg):
-            raise ValueError(f"no finished {experiment} run under {cfg.logdir}, and it is not trained automatically "
-                             f"under multi-process training: run `python main.py -t experiment={experiment} "
-                             f"-l {cfg.logdir}` first, or set its run=<run directory>")
-        rank_zero_info(f"No finished {experiment} run under {cfg.logdir}: training it first")
+            raise ValueError(f"no finished {experiment} run under {cfg.logdir} for {path}, and it is not trained "
+                             f"automatically under multi-process training: run `python main.py -t "
+                             f"experiment={experiment} -l {cfg.logdir}` first, or set {path}.run=<run directory>")
+        rank_zero_info(f"{path}: no finished {experiment} run under {cfg.logdir}, training it first")
         steps.append(compose(stage_overrides(cfg, experiment)))
     return [*steps, cfg]
 
