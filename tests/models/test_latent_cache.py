@@ -25,11 +25,23 @@ def shapes(**transform) -> ImageDataModule:
     return ImageDataModule(dataset, batch_size=8, image_size=16, transform={"resize": False, **transform})
 
 
-def fit(model: L.LightningModule, datamodule: ImageDataModule, tmp_path: Path, cache: bool) -> L.LightningModule:
+class BatchKeys(L.Callback):
+    """The keys of every training batch, as the training step receives it."""
+
+    def __init__(self) -> None:
+        self.keys: list[set[str]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
+                             batch_idx: int) -> None:
+        self.keys.append(set(batch))
+
+
+def fit(model: L.LightningModule, datamodule: ImageDataModule, tmp_path: Path, cache: bool,
+        *callbacks: L.Callback) -> L.LightningModule:
     torch.manual_seed(0)
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[LatentCache(batch_size=5)] if cache else [], default_root_dir=tmp_path)
+                        callbacks=[LatentCache(batch_size=5)] * cache + list(callbacks), default_root_dir=tmp_path)
     trainer.fit(model, datamodule=datamodule)
     return model
 
@@ -41,6 +53,15 @@ def test_cached_latents_train_the_same_weights_as_encoding_every_step(tmp_path: 
     for (name, a), b in zip(cached.unet.state_dict().items(), encoded.unet.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     assert not torch.equal(cached.unet.state_dict()["out.2.weight"], model.unet.state_dict()["out.2.weight"])
+
+
+def test_training_batches_carry_the_cached_latents(tmp_path: Path) -> None:
+    """An epoch-counted run builds its training loader when configure_optimizers asks for the stepping batches (the
+    lr schedule), before fit starts: the cache must be attached by then, or every step encodes its images again."""
+    keys = BatchKeys()
+    fit(tiny_ldm(sample_posterior=False), shapes(), tmp_path, True, keys)
+    assert len(keys.keys) == 3
+    assert all("latent" in batch for batch in keys.keys)
 
 
 def test_items_carry_their_images_latents(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Latents computed once: the frozen first stage encodes the training split when fit starts, and every training
+"""Latents computed once: the frozen first stage encodes the training split when fit sets up, and every training
 step reads its batch's latents instead of running the encoder again (17 % of the default recipe's step)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def encode_split(first_stage: torch.nn.Module, dataset: Dataset, batch_size: int
 
 
 class LatentCache(L.Callback):
-    """Encodes the training split once at fit start and attaches the latents to its items as ``latent``.
+    """Encodes the training split once when fit sets up and attaches the latents to its items as ``latent``.
 
     A latent can be computed once only when it is the same at every step: the training images must come without
     random augmentation and the first stage must be read at its posterior mean, so both are checked and a
@@ -38,7 +38,11 @@ class LatentCache(L.Callback):
             raise ValueError(f"callbacks.latent_cache.batch_size must be a positive integer, got {batch_size}")
         self.batch_size = batch_size
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Encode before the strategy's setup: ``configure_optimizers`` asks for the stepping batches, which builds
+        the training loader, and a loader built before ``attach`` would never see the latents."""
+        if stage != "fit":
+            return
         refusal = (pl_module.latent_cache_refusal() if isinstance(pl_module, DiffusionModel)
                    else f"{type(pl_module).__name__} is not a latent diffusion model")
         datamodule = trainer.datamodule
@@ -52,5 +56,6 @@ class LatentCache(L.Callback):
         if refusal is not None:
             raise ValueError(f"callbacks.latent_cache: {refusal} (or set callbacks.latent_cache=null)")
         dataset = datamodule.build("train")
-        latents = encode_split(pl_module.first_stage, dataset, self.batch_size, progress=trainer.is_global_zero)
+        first_stage = pl_module.first_stage.to(trainer.strategy.root_device)  # where the strategy will put it
+        latents = encode_split(first_stage, dataset, self.batch_size, progress=trainer.is_global_zero)
         datamodule.attach("train", "latent", latents)
