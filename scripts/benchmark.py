@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 1-2 iterations (smoke test)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     parser.add_argument("--precision", choices=("fp32", "bf16"),
-                        help="time the steps in this precision only (default: fp32, and bf16 where the device runs it)")
+                        help="time the steps in this precision only (default: fp32, and bf16 where the device "
+                             "computes it natively: a GPU with bf16, a CPU with bf16 units)")
     parser.add_argument("--no-peers", action="store_true", help="measure pixelforge alone even if peers import")
     parser.add_argument("--compile", action="store_true",
                         help="also time the text step with model.compile=true against eager (default size)")

@@ -319,13 +319,14 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             print(OmegaConf.to_yaml(cfg, resolve=True))
             return 0
         from pixelforge.stages import plan
-        from pixelforge.train import check_runnable
+        from pixelforge.train import check_runnable, resolve_precision
         from pixelforge.validation import check_config
 
         check_runnable(cfg)  # "nothing to do" before the plan looks for a first stage
         steps = plan(cfg, lambda stage: compose_config(parse([])[0], stage))
         for step in steps:  # every step's config is checked before the first one runs (a planned first stage
-            check_config(step)  # trains from scratch: it has no checkpoint for check_runnable to read)
+            resolve_precision(step)  # trains from scratch: it has no checkpoint for check_runnable to read)
+            check_config(step)
     except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from pixelforge.checkpoints import check_checkpoint
 from pixelforge.parallel import FSDPStrategy
 from pixelforge.runs import FINISHED, model_config
 from pixelforge.stages import single_process
+from pixelforge.utils.precision import AUTO, auto_precision
 from pixelforge.utils.threads import busy_warning, choose_threads, other_runnable, usable_cores
 from pixelforge.validation import ConfigError, check_config
 
@@ -170,6 +171,17 @@ def thread_choice(cfg: DictConfig) -> tuple[int, str] | None:
         raise ConfigError(str(error)) from error
 
 
+def resolve_precision(cfg: DictConfig) -> None:
+    """``trainer.precision=auto`` replaced by this machine's choice (``utils.precision``), said at start and saved
+    with the run, so a resumed run keeps the precision it trained in."""
+    if cfg.trainer.get("precision") != AUTO:
+        return
+    precision, why = auto_precision(str(cfg.trainer.get("accelerator", "auto")))
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+    rank_zero_info(f"Precision: {precision} (trainer.precision=auto: {why})")
+
+
 def set_threads(threads: int, why: str) -> None:
     """Use ``threads`` intra-op threads, say so and why, and warn when other jobs already load the cores."""
     torch.set_num_threads(threads)
@@ -183,6 +195,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as ``cfg`` says; returns the test metrics (empty when not testing). The intra-op thread
     count is the run's own: the process gets its own back when the run ends."""
     check_runnable(cfg)
+    resolve_precision(cfg)
     check_config(cfg)
     mismatch = launch.world_size_mismatch(int(cfg.trainer.get("num_nodes", 1)), cfg.trainer.get("devices", "auto"))
     if mismatch:

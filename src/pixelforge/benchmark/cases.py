@@ -21,6 +21,7 @@ from pixelforge.benchmark.steps import conditions, denoiser, forward, train_step
 from pixelforge.benchmark.timing import (
     TimedDenoiser,
     count_params,
+    default_precisions,
     interleaved,
     matmul_gflops,
     peak_memory_mb,
@@ -260,12 +261,12 @@ def quality_case(experiment: str, cfg: Settings, logdir: str, device: torch.devi
 def run(cases: Sequence[str], experiments: Sequence[str], cfg: Settings, peers: Peers, device: torch.device,
         compile_: bool, only: str | None = None, logdir: str = "logs") -> list[dict[str, Any]]:
     """The records of ``cases``: the recipe cases once per experiment, the timed steps once per precision the
-    device runs (``only`` that one, e.g. fp32 on a CPU without bf16 units, where bf16 is emulated and slow)."""
+    device computes natively (``only``: that one, e.g. bf16 emulated on a CPU without bf16 units)."""
     records: list[dict[str, Any]] = []
     available = precisions(device)
     if only is not None and only not in available:
         raise ValueError(f"precision {only!r} does not run on {device}; valid: {', '.join(available)}")
-    for precision in [only] if only else available:
+    for precision in [only] if only else default_precisions(device):
         for experiment in experiments:
             if "text" in cases:
                 records += text_cases(experiment, cfg, peers, device, precision, compile_)

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pixelforge.utils.precision import cpu_bf16_units
+
 Denoise = Callable[[Tensor, Tensor, Any], Tensor]
 
 
@@ -30,6 +32,14 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 def precisions(device: torch.device) -> list[str]:
     """fp32, plus bf16 where the device runs it (every CPU through autocast; CUDA when it supports bf16)."""
     return ["fp32", "bf16"] if device.type == "cpu" or torch.cuda.is_bf16_supported() else ["fp32"]
+
+
+def default_precisions(device: torch.device) -> list[str]:
+    """What the benchmark times unless told: fp32, plus bf16 where the device computes it natively (a CPU without
+    bf16 units emulates it, slower than fp32; ``--precision bf16`` still times that)."""
+    if device.type == "cpu" and not cpu_bf16_units():
+        return ["fp32"]
+    return precisions(device)
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, iters: int
