@@ -10,17 +10,20 @@ import torch
 from omegaconf import OmegaConf
 from test_threads import TINY
 
-from pixelforge.benchmark.timing import default_precisions
+from pixelforge.benchmark import timing
 from pixelforge.cli import main
 from pixelforge.utils import precision
 
 
 def test_a_cpu_takes_bf16_only_with_bf16_units(monkeypatch) -> None:
-    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: False)
+    for module in (precision, timing):
+        monkeypatch.setattr(module, "cpu_bf16_units", lambda: False)
     assert precision.auto_precision("cpu")[0] == "32-true"
-    assert default_precisions(torch.device("cpu")) == ["fp32"]
-    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: True)
+    assert timing.default_precisions(torch.device("cpu")) == ["fp32"]
+    for module in (precision, timing):
+        monkeypatch.setattr(module, "cpu_bf16_units", lambda: True)
     assert precision.auto_precision("cpu") == ("bf16-mixed", "this CPU has bf16 units (AVX512-BF16 or AMX)")
+    assert timing.default_precisions(torch.device("cpu")) == ["fp32", "bf16"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert precision.auto_precision("auto")[0] == "bf16-mixed"

@@ -324,8 +324,10 @@ def run_one(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
         check_runnable(cfg)  # "nothing to do" before the plan looks for a first stage
         steps = plan(cfg, lambda stage: compose_config(parse([])[0], stage))
-        for step in steps:  # every step's config is checked before the first one runs (a planned first stage
-            resolve_precision(step)  # trains from scratch: it has no checkpoint for check_runnable to read)
+        # every step's config is resolved and checked before the first one runs (a planned first stage trains from
+        # scratch: it has no checkpoint for check_runnable to read)
+        for step in steps:
+            resolve_precision(step)
             check_config(step)
     except (CLIError, HydraException, OmegaConfBaseException, ValueError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
