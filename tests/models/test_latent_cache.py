@@ -41,7 +41,8 @@ def fit(model: L.LightningModule, datamodule: ImageDataModule, tmp_path: Path, c
     torch.manual_seed(0)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[LatentCache(batch_size=5)] * cache + list(callbacks), default_root_dir=tmp_path)
+                        callbacks=([LatentCache(batch_size=5)] if cache else []) + list(callbacks),
+                        default_root_dir=tmp_path)
     trainer.fit(model, datamodule=datamodule)
     return model
 
