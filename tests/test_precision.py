@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import OmegaConf
 from test_threads import TINY
 
 from pixelforge.benchmark import timing
 from pixelforge.cli import main
 from pixelforge.utils import precision
+from pixelforge.utils.precision import ClippingMixedPrecision
 
 
 def test_a_cpu_takes_bf16_only_with_bf16_units(monkeypatch) -> None:
@@ -49,3 +51,38 @@ def test_a_run_says_and_saves_the_precision_it_chose(tmp_path: Path, caplog, mon
     assert f"Precision: {expected} (trainer.precision=auto: this CPU has" in caplog.text
     (saved,) = tmp_path.glob("*/configs/config.yaml")
     assert OmegaConf.load(saved).trainer.precision == expected
+
+
+def clipped_step(plugin: MixedPrecision | None) -> tuple[float, torch.Tensor]:
+    """The gradient norm after clipping to 1 (from far above) and the weights after one fused AdamW step of a fixed
+    loss: by hand in fp32 (``plugin`` None), else through ``plugin``'s loss scaling, clipping and scaled step, as
+    Lightning runs them for a fused optimizer (which it leaves to unscale its gradients itself)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    loss = 100 * layer(torch.randn(16, 8)).square().mean()
+    scaler = plugin.scaler if plugin is not None else None
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if plugin is None:
+        torch.nn.utils.clip_grad_norm_(layer.parameters(), 1.0)
+    else:
+        plugin.clip_gradients(optimizer, 1.0)
+    norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in layer.parameters()])).item()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    return norm, layer.weight.detach()
+
+
+@pytest.mark.parametrize("mode", ["bf16-mixed", "16-mixed"])
+def test_fused_optimizers_clip_under_mixed_precision(mode: str) -> None:
+    """Lightning refuses to clip a fused optimizer's gradients under mixed precision (the recipes' fused AdamW with
+    gradient_clip_val crashed at step one in bf16); ClippingMixedPrecision clips them as plain fp32 does, and
+    under fp16's loss scale unscales them once."""
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        clipped_step(MixedPrecision(mode, "cpu"))
+    norm, weights = clipped_step(ClippingMixedPrecision(mode, "cpu"))
+    assert norm == pytest.approx(1.0, rel=1e-4)
+    torch.testing.assert_close(weights, clipped_step(None)[1])

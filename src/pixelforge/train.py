@@ -25,7 +25,7 @@ from pixelforge.checkpoints import check_checkpoint
 from pixelforge.parallel import FSDPStrategy
 from pixelforge.runs import FINISHED, model_config
 from pixelforge.stages import single_process
-from pixelforge.utils.precision import AUTO, auto_precision
+from pixelforge.utils.precision import AUTO, allow_fused_clipping, auto_precision
 from pixelforge.utils.threads import busy_warning, choose_threads, other_runnable, usable_cores
 from pixelforge.validation import ConfigError, check_config
 
@@ -107,11 +107,14 @@ def build_model(cfg: DictConfig, trainer: L.Trainer) -> L.LightningModule:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    """The Trainer with the configured callbacks and loggers (null entries dropped) and atomic checkpoints."""
+    """The Trainer with the configured callbacks and loggers (null entries dropped), atomic checkpoints, and mixed
+    precision that clips fused optimizers' gradients."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                       plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
+    allow_fused_clipping(trainer)
+    return trainer
 
 
 # logger config key -> the logger attribute holding the run it logs to (wandb's id, MLflow's run id)
