@@ -1,5 +1,4 @@
-"""Every experiment config composes and trains for two steps, downloadable datasets replaced by tiny stand-ins, on
-the CPU in the recipe's own precision (the GPU recipes' bf16 autocast runs there too).
+"""Every experiment config composes and trains for two steps, downloadable datasets replaced by tiny stand-ins.
 
 All runs share one log directory, so a latent-diffusion recipe reuses the two-step run of its first-stage
 experiment (or trains one first when run alone) through the real reuse logic of ``main.py``. The GPU recipes'
@@ -27,7 +26,7 @@ from pixelforge.train import build_model, run
 from pixelforge.utils.meta import parameters_on_meta
 
 SMOKE = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-         "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", "trainer.devices=1",
+         "trainer.num_sanity_val_steps=0", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
          "trainer.benchmark=false", "data.batch_size=4", "data.eval_batch_size=4", "data.num_workers=0",
          "data.pin_memory=false", "callbacks.progress_bar=null",
          # images once, after the second step (log_images samples, which costs as much as training here)
