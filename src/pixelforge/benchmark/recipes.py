@@ -39,11 +39,11 @@ def compose(experiment: str, overrides: Sequence[str], device: torch.device) -> 
 
     A first stage or CLIP the recipe names by experiment (which ``main.py -t`` would train first) is built untrained
     from that experiment's model config, composed with the same ``data.*`` overrides: timing needs its shape, not
-    its weights, so no trained run is needed.
+    its weights, so no trained run is needed. The trainer is in fp32: the cases time each precision themselves.
     """
     accelerator = "cpu" if device.type == "cpu" else "gpu"
     cfg = compose_config(*parse([f"experiment={experiment}", *overrides, f"trainer.accelerator={accelerator}",
-                                 "trainer.devices=1"]))
+                                 "trainer.devices=1", "trainer.precision=32-true"]))
     data = [override for override in overrides if override.startswith("data.")]
     for path, node in unresolved(cfg).items():
         stage = compose_config(*parse([f"experiment={node.experiment}", *data]))
