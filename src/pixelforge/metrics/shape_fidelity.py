@@ -21,9 +21,6 @@ from pixelforge.data.shapes import POSITIONS, SHAPES, SIZES, placements, shape_m
 
 THRESHOLD = 0.85
 DENT = 1.0  # px: a background pixel this deep inside the shape's convex hull is a dent (renders: at most 0.23)
-# A side bowed in by one pixel along a stretch leaves background pixels exactly half a pixel inside the hull; this
-# many of them make a dent too (a one-pixel notch leaves one; the renders none). 0.45: slack for the float hull.
-BOW_PIXELS, BOW_DEPTH = 3, 0.45
 FIT_KEYS = ("shape", "size", "position")
 
 
@@ -63,13 +60,13 @@ def convex_hull(points: np.ndarray) -> np.ndarray:
     return np.array(half(points) + half(points[::-1]))
 
 
-def hollow_depths(mask: torch.Tensor) -> np.ndarray:
-    """How deep, in pixels, each background pixel centre inside the convex hull of ``mask``'s pixel squares lies
-    (none for a filled square; up to 0.23 for the dataset's own circles and triangles, their staircase edges; 0.5
-    for a pixel missing from a straight side; more where a side bows in further)."""
+def dent_depth(mask: torch.Tensor) -> float:
+    """How deep, in pixels, the deepest background pixel centre lies inside the convex hull of ``mask``'s pixel
+    squares: 0 for a filled square, up to 0.23 for the dataset's own circles and triangles (their staircase edges),
+    0.5 for a one-pixel notch in a straight side, and more where a side bows in."""
     filled = mask.cpu().numpy()
     if not filled.any():
-        return np.zeros(0)
+        return 0.0
     ys, xs = np.nonzero(filled)
     corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)]).astype(float)
     start = convex_hull(corners)
@@ -78,20 +75,11 @@ def hollow_depths(mask: torch.Tensor) -> np.ndarray:
     offset = np.stack([xs + 0.5, ys + 0.5], 1)[:, None, :] - start[None]       # P,V,2
     side = edge[None, :, 0] * offset[..., 1] - edge[None, :, 1] * offset[..., 0]
     inside = (side >= 0).all(1) | (side <= 0).all(1)
+    if not inside.any():
+        return 0.0
     along = np.clip((offset * edge).sum(-1) / (edge * edge).sum(-1), 0, 1)     # nearest point on each edge
-    return np.linalg.norm(offset - along[..., None] * edge, axis=-1).min(1)[inside]
-
-
-def dent_depth(mask: torch.Tensor) -> float:
-    """How deep the deepest background pixel centre lies inside ``mask``'s convex hull (``hollow_depths``)."""
-    return float(hollow_depths(mask).max(initial=0.0))
-
-
-def is_dented(mask: torch.Tensor) -> bool:
-    """Whether ``mask`` has a dent: a background pixel ``DENT`` deep inside its hull, or ``BOW_PIXELS`` of them
-    half a pixel inside (a side bowed in along a stretch, as in a pinched square whose corners are drawn out)."""
-    depths = hollow_depths(mask)
-    return bool(depths.max(initial=0.0) > DENT or (depths >= BOW_DEPTH).sum() >= BOW_PIXELS)
+    distance = np.linalg.norm(offset - along[..., None] * edge, axis=-1).min(1)
+    return float(distance[inside].max())
 
 
 def require(labels: Mapping[str, torch.Tensor], keys: tuple[str, ...]) -> None:
@@ -121,7 +109,7 @@ def captioned_fit(images: torch.Tensor, labels: Mapping[str, torch.Tensor],
     scores = fit_iou(images, labels)
     wanted = torch.as_tensor(labels["shape"]).long()
     iou = scores.gather(1, wanted[:, None])[:, 0]
-    dented = torch.tensor([is_dented(mask) for mask in foreground(images)], dtype=torch.bool)
+    dented = torch.tensor([dent_depth(mask) > DENT for mask in foreground(images)], dtype=torch.bool)
     return (iou >= threshold) & (scores.argmax(1) == wanted) & ~dented, iou, dented
 
 
