@@ -88,10 +88,9 @@ def test_fused_optimizers_clip_under_mixed_precision(mode: str) -> None:
     torch.testing.assert_close(weights, clipped_step(None)[1])
 
 
-@pytest.mark.parametrize("mode", ["bf16-mixed", "16-mixed"])
-def test_a_recipe_clips_a_fused_adamw_in_mixed_precision(tmp_path: Path, mode: str) -> None:
-    """The diffusion and CLIP recipes' fused AdamW with gradient_clip_val trains under mixed precision (it crashed at
-    step one in bf16, on a GPU and under trainer.precision=auto). The smoke tests of the recipes run in fp32, where
-    this cannot show."""
+def test_a_recipe_clips_a_fused_adamw_in_mixed_precision(tmp_path: Path) -> None:
+    """The diffusion and CLIP recipes' fused AdamW with gradient_clip_val trains under bf16 mixed precision (it
+    crashed at step one, on a GPU and under trainer.precision=auto). The smoke tests of the recipes run in fp32,
+    where this cannot show; Lightning runs 16-mixed as bf16 on a CPU, so fp16's path is the test above."""
     assert main(["-t", "-l", str(tmp_path), *TINY, "threads=1", "optimizer=adamw", "trainer.gradient_clip_val=1.0",
-                 f"trainer.precision={mode}"]) == 0
+                 "trainer.precision=bf16-mixed"]) == 0
