@@ -1,5 +1,5 @@
 """FID/KID: zero for a set against itself, growing with added noise, and the closed form for Gaussians; the
-classifier's conditional accuracy and its grid of misread samples."""
+classifier's conditional accuracy and its grid of misread samples; the conditions samples are asked for."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelforge.data.shapes import VALUES
+from pixelforge.data.shapes import VALUES, ShapesDataset
 from pixelforge.metrics.fid import cached_real_features, fid, frechet_distance, kid
-from pixelforge.metrics.generation import conditional_accuracy, save_misreads
+from pixelforge.metrics.generation import conditional_accuracy, dataset_conditions, save_misreads
 from pixelforge.utils.images import caption_images
 
 
@@ -84,3 +84,15 @@ def test_the_misread_grid_shows_only_the_samples_read_otherwise(tmp_path: Path) 
     save_misreads(images, predicted, wanted, ["shape", "color"], ["p"] * 5, tmp_path / "two.png", VALUES)
     one = caption_images(images[:1], ["x"])
     assert Image.open(tmp_path / "two.png").size[0] < 3 * one.shape[-1], "two tiles, not five"
+
+
+def test_a_whole_split_asks_every_seed_for_the_same_captions_once_each() -> None:
+    dataset = ShapesDataset("heldout", image_size=32, num_samples=40)
+    captions = sorted(dataset[i]["caption"] for i in range(len(dataset)))
+    draws = {seed: dataset_conditions(dataset, len(dataset), ["shape"], "caption", seed) for seed in (0, 1)}
+    for labels, prompts in draws.values():
+        assert sorted(prompts) == captions
+        assert labels.shape == (len(dataset),)
+    assert draws[0][1] != draws[1][1]  # in another order: each seed pairs them with other noise
+    _, prompts = dataset_conditions(dataset, 2 * len(dataset) + 5, [], "caption", seed=0)
+    assert sorted(prompts[:len(dataset)]) == captions and len(prompts) == 2 * len(dataset) + 5

@@ -25,9 +25,14 @@ def real_batches(dataset: Dataset, batch_size: int = 500) -> Iterable[torch.Tens
 
 def dataset_conditions(dataset: Dataset, n: int, label_keys: list[str], prompt_key: str | None = None,
                        seed: int = 0) -> tuple[torch.Tensor | None, list[str] | None]:
-    """Labels (``B`` for one key, ``B,K`` for several, None for none) and prompts of ``n`` items drawn with a fixed
-    seed from ``dataset``, so conditional samples follow the real distribution of classes and captions."""
-    index = torch.randint(len(dataset), (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    """Labels (``B`` for one key, ``B,K`` for several, None for none) and prompts of ``n`` items of ``dataset``, so
+    conditional samples follow the real distribution of classes and captions. The items are a seeded permutation,
+    repeated as often as ``n`` needs: with ``n = len(dataset)`` every seed asks for the same captions, once each,
+    and seeds differ only in their noise (drawn with replacement, four seeds asked for 58 to 80 small triangles
+    among 500 held-out shapes captions, which moved the strict fit by up to 2 points)."""
+    generator = torch.Generator().manual_seed(seed)
+    rounds = -(-n // len(dataset))
+    index = torch.cat([torch.randperm(len(dataset), generator=generator) for _ in range(rounds)])[:n].tolist()
     items = [dataset[i] for i in index] if label_keys or prompt_key else []
     prompts = [item[prompt_key] for item in items] if prompt_key else None
     if not label_keys:
