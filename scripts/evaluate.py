@@ -33,7 +33,7 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from pixelforge.inference.arguments import load_run_or_exit, unit_interval
+from pixelforge.inference.arguments import add_ema_argument, load_run_or_exit, unit_interval
 from pixelforge.metrics.clip import evaluate_clip
 from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples
@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_rescale", type=unit_interval, nargs="+",
                         help="guidance rescale phi(s) in [0, 1] (Lin et al. 2023), one row each (default: the "
                              "model's log_guidance_rescale)")
+    add_ema_argument(parser)  # diffusion runs: the EMA (default) or the live U-Net
     parser.add_argument("--n_samples", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=250)
     parser.add_argument("--k", type=int, default=256, help="importance samples for a VAE's log-likelihood")
@@ -94,9 +95,11 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
         if setting is not None:
             (name, _, steps), scale, rescale = setting[0].partition(":"), setting[1], setting[2]
             kwargs = {"sampler": name, "steps": int(steps) if steps else None, "scale": scale,
-                      "guidance_rescale": rescale}
-            row = {"sampler": name, "steps": kwargs["steps"], "scale": scale, "guidance_rescale": rescale}
-            tag = f"_{name}{steps}_scale{scale:g}" + (f"_rescale{rescale:g}" if rescale else "")
+                      "guidance_rescale": rescale, "use_ema": args.use_ema}
+            row = {"sampler": name, "steps": kwargs["steps"], "scale": scale, "guidance_rescale": rescale,
+                   "ema": args.use_ema}
+            tag = (f"_{name}{steps}_scale{scale:g}" + (f"_rescale{rescale:g}" if rescale else "")
+                   + ("" if args.use_ema else "_live"))
         worst, misread = (Path(args.out).with_name(f"{Path(args.out).stem}_{kind}{tag}.png") if args.out else None
                           for kind in ("worst", "misread"))
         if misread is not None:

@@ -66,5 +66,10 @@ def test_evaluate_script_reports_fid_and_accuracy_per_sampler(trained_run: Path,
     assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 2), ("dpmpp", 3)]
     assert all(r["fid"] >= 0 and 0 <= r["cond_acc"] <= 1 and r["sec_per_image"] > 0 for r in rows)
     assert out.with_suffix(".md").read_text().startswith("| sampler | steps |")
+    live = script("evaluate.py", "--ckpt", str(trained_run), "--classifier", str(classifier), "--sampler", "ddim:2",
+                  "--n_samples", "30", "--batch_size", "16", "--scale", "2", "--no-ema", "--out", str(out))
+    assert live.returncode == 0, live.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert rows[0]["ema"] and not row["ema"] and row["fid"] != rows[0]["fid"]  # the same noise, the live weights
     clf = script("evaluate.py", "--ckpt", str(classifier))
     assert clf.returncode == 0 and "| label |" in clf.stdout

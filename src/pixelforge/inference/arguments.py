@@ -66,10 +66,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="full",
                         help="autocast: bf16 on the CPU, fp16 on GPUs; half: autocast with the weights in that "
                              "precision too (half their memory)")
+    add_ema_argument(parser)
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+
+
+def add_ema_argument(parser: argparse.ArgumentParser) -> None:
+    """``--use_ema`` (the default) / ``--no-use_ema`` or ``--no-ema``: sample with the EMA or the live weights."""
     parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
                         help="sample with the EMA weights (--no-use_ema: the live weights)")
     parser.add_argument("--no-ema", dest="use_ema", action="store_false", help="the same as --no-use_ema")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
 
 
 def device_of(args: argparse.Namespace) -> torch.device | None:
