@@ -25,11 +25,14 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> to
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> torch.Tensor:
     """Structural similarity per image (Gaussian window 11, sigma 1.5, as Wang et al. 2004), ``B``.
 
-    Images smaller than the window (e.g. 8x8 digits) use the largest odd window that fits.
+    Images smaller than the window (e.g. 8x8 digits) use the largest odd window that fits. Computed in float32
+    even under autocast: its local variances are differences of near-equal means, which bf16 filtering ruins
+    (a bf16 run's validation SSIM read 0.82 where float32 reads 0.96).
     """
     kernel = min(11, (min(x.shape[-2:]) - 1) // 2 * 2 + 1)
-    return structural_similarity_index_measure(x.float(), y.float(), data_range=data_range, kernel_size=kernel,
-                                               sigma=1.5 * kernel / 11, reduction="none")
+    with torch.autocast(x.device.type, enabled=False):
+        return structural_similarity_index_measure(x.float(), y.float(), data_range=data_range, kernel_size=kernel,
+                                                   sigma=1.5 * kernel / 11, reduction="none")
 
 
 def reconstruction_metrics(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
