@@ -122,6 +122,24 @@ def test_discriminator_starts_at_disc_start_and_alternates(disc_start: int, d_st
     assert moved == (d_steps > 0)
 
 
+def test_train_crop_trains_on_crops_for_its_epochs_then_whole_images() -> None:
+    model = tiny("kl", train_crop=8, train_crop_epochs=1)
+    seen: list[tuple[int, int]] = []
+    model.encoder.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    data = DataLoader([{"image": x} for x in blobs(8)], batch_size=4)
+    trainer.fit(model, data, data)
+    # epoch 0: two cropped training batches, whole-image validation; epoch 1: whole images throughout
+    assert seen == [(8, 8), (8, 8), (16, 16), (16, 16), (16, 16), (16, 16)]
+    for bad, match in [({"train_crop": 5}, "train_crop 5 must be a multiple of the downsample factor 2 below "
+                        "image_size 16"), ({"train_crop": 16}, "train_crop 16"),
+                       ({"train_crop": 8, "train_crop_epochs": -1}, "train_crop_epochs must be >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            tiny("kl", **bad)
+
+
 def test_validation_logs_reconstruction_metrics_and_rfid() -> None:
     model = tiny("kl")
     model.rfid_features = lambda x: x.mean((2, 3)).double()  # stands in for a classifier's features

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelforge.modules.augment import ViewAugment, gray, rotate_hue
+from pixelforge.modules.augment import ViewAugment, gray, random_crops, rotate_hue
 
 NONE = {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "flip": 0.0, "jitter": 0.0, "grayscale": 0.0}
 
@@ -47,3 +47,20 @@ def test_bad_settings_name_the_value() -> None:
         ViewAugment(crop_scale=(0.5, 1.5))
     with pytest.raises(ValueError, match="flip is a probability in \\[0, 1\\], got 2"):
         ViewAugment(flip=2)
+
+
+def test_random_crops_cut_each_image_on_the_stride_grid() -> None:
+    x = images(64)
+    crops = random_crops(x, 8, stride=4, generator=torch.Generator().manual_seed(0))
+    assert crops.shape == (64, 3, 8, 8)
+    offsets = set()
+    for image, crop in zip(x, crops, strict=True):
+        grid = [(i, j) for i in range(0, 9, 4) for j in range(0, 9, 4)]
+        found = [(i, j) for i, j in grid if torch.equal(image[:, i:i + 8, j:j + 8], crop)]
+        assert len(found) == 1  # every crop is a slice of its own image at a multiple of the stride
+        offsets.add(found[0])
+    assert len(offsets) == 9  # each image its own offset: all 3x3 grid positions come up in 64 draws
+    with pytest.raises(ValueError, match="crop size 6 .* multiple of the stride 4"):
+        random_crops(x, 6, stride=4)
+    with pytest.raises(ValueError, match="crop size 32 must be at most the image side 16"):
+        random_crops(x, 32)

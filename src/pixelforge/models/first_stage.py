@@ -21,6 +21,7 @@ from pixelforge.metrics.features import ClassifierFeatures
 from pixelforge.metrics.fid import fid
 from pixelforge.metrics.reconstruction import psnr, ssim
 from pixelforge.models.autoencoder import LOSSES, difference_map
+from pixelforge.modules.augment import random_crops
 from pixelforge.modules.first_stage import Decoder, Encoder, downsample_factor
 from pixelforge.optim import configure_optimizer, optimizer_step
 from pixelforge.runs import load_run, model_config
@@ -71,6 +72,9 @@ class FirstStageModel(L.LightningModule):
     (``disc_loss`` hinge | bce) joins its loss and one discriminator step follows. Lightning's ``global_step``
     counts both, so ``trainer.max_steps`` counts autoencoder + discriminator steps.
 
+    ``train_crop`` trains on random crops on the latent grid (in the first ``train_crop_epochs`` epochs, or all),
+    as Stable Diffusion's first stage trained on 256 px crops and runs at 512: a convolutional code is local.
+
     Validation and test log PSNR/SSIM of the deterministic reconstructions and, with ``rfid_run`` (a classifier
     run on the same data), rFID: the FID between the classifier features of the inputs and of their
     reconstructions over the whole split (per process under DDP).
@@ -93,6 +97,8 @@ class FirstStageModel(L.LightningModule):
         disc_weight: float = 1.0,
         use_adaptive_weight: bool = True,
         rfid_run: str | None = None,
+        train_crop: int | None = None,
+        train_crop_epochs: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["discriminator", "optimizer", "scheduler"])
@@ -123,6 +129,12 @@ class FirstStageModel(L.LightningModule):
                              f"{self.downsample_factor} of ch_mult {list(config['ch_mult'])} and patch_size "
                              f"{config.get('patch_size', 1)}")
         side = image_size // self.downsample_factor
+        if train_crop is not None and not (0 < train_crop < image_size and train_crop % self.downsample_factor == 0):
+            raise ValueError(f"train_crop {train_crop} must be a multiple of the downsample factor "
+                             f"{self.downsample_factor} below image_size {image_size} (or null: whole images)")
+        if train_crop_epochs is not None and train_crop_epochs < 0:
+            raise ValueError(f"train_crop_epochs must be >= 0 (or null: every epoch), got {train_crop_epochs}")
+        self.train_crop, self.train_crop_epochs = train_crop, train_crop_epochs
         self.latent_shape: tuple[int, ...] = (embed_dim, side, side)
         self.rec_loss = LOSSES[loss_type]
         self.perceptual_net, self.perceptual_weight = build_perceptual(perceptual)
@@ -204,8 +216,16 @@ class FirstStageModel(L.LightningModule):
                  batch_size=batch_size, sync_dist=not on_step)
         self.log_dict(scalars, on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
 
+    def training_images(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch the autoencoder trains on: with ``train_crop``, a random crop of each image on the latent grid
+        during the first ``train_crop_epochs`` epochs (all with null). Convolutions learn the same local code from
+        crops at a fraction of the arithmetic; the whole-image epochs after them fit the rest."""
+        cropping = self.train_crop is not None and (self.train_crop_epochs is None
+                                                     or self.current_epoch < self.train_crop_epochs)
+        return random_crops(x, self.train_crop, self.downsample_factor) if cropping else x
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
-        x = batch["image"]
+        x = self.training_images(batch["image"])
         if self.discriminator is None:
             terms = self.autoencoder_terms(x, adversarial=False)
             self.log_terms(terms, "train", len(x))

@@ -45,6 +45,22 @@ def gaussian_blur(y: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return F.conv2d(out, kernel[:, None, None, :], groups=b * c).view(b, c, h, w)
 
 
+def random_crops(x: torch.Tensor, size: int, stride: int = 1, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """A ``size`` x ``size`` crop of each image of a ``B,C,H,W`` batch at its own random offset, a multiple of
+    ``stride`` (a first stage's downsampling factor keeps the crop on the full image's latent grid)."""
+    b, _, h, w = x.shape
+    if size > min(h, w) or size % stride:
+        raise ValueError(f"crop size {size} must be at most the image side {min(h, w)} and a multiple of the "
+                         f"stride {stride}")
+    top, left = ((torch.randint((n - size) // stride + 1, (b,), generator=generator) * stride).to(x.device)
+                 for n in (h, w))
+    steps = torch.arange(size, device=x.device)
+    rows, cols = (top[:, None] + steps)[:, None, :, None], (left[:, None] + steps)[:, None, None, :]
+    return x[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[
+        None, :, None, None], rows, cols]
+
+
 class ViewAugment(nn.Module):
     """A random view of every image of a ``B,C,H,W`` batch in [-1, 1], in SimCLR's order: a random resized crop
     (``crop_scale`` of the area, ``crop_ratio`` aspect) resampled to the input size with a horizontal flip
