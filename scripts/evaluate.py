@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip", help="CLIP run that also judges text-to-image samples: CLIP score and FID on "
                                        "its image embeddings")
     parser.add_argument("--sampler", nargs="*", default=["dpmpp:20"], help="NAME:STEPS for diffusion models")
-    parser.add_argument("--scale", type=float, nargs="+", default=[1.0],
-                        help="classifier-free guidance scale(s): one row per sampler and scale")
+    parser.add_argument("--scale", type=float, nargs="+",
+                        help="classifier-free guidance scale(s): one row per sampler and scale (default: a guided "
+                             "model's log_guidance_scale, the scale txt2img.py samples at; 1 for an unguided one)")
     parser.add_argument("--guidance_rescale", type=unit_interval, nargs="+",
                         help="guidance rescale phi(s) in [0, 1] (Lin et al. 2023), one row each (default: the "
                              "model's log_guidance_rescale)")
@@ -86,7 +87,9 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
     extractor = build_feature_extractor(args.features, args.classifier).to(args.device)
     clip = load_clip(args.clip, args.device) if args.clip else None
     rescales = args.guidance_rescale or [getattr(model, "log_guidance_rescale", 0.0)]
-    settings = itertools.product(args.sampler, args.scale, rescales) if isinstance(model, Diffuses) else [None]
+    guided = getattr(getattr(model, "conditioner", None), "guided", False)
+    scales = args.scale or [model.log_guidance_scale if guided else 1.0]
+    settings = itertools.product(args.sampler, scales, rescales) if isinstance(model, Diffuses) else [None]
     rows = []
     for setting in settings:
         kwargs: dict = {}

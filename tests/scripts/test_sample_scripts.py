@@ -71,5 +71,10 @@ def test_evaluate_script_reports_fid_and_accuracy_per_sampler(trained_run: Path,
     assert live.returncode == 0, live.stderr[-2000:]
     (row,) = json.loads(out.read_text())["rows"]
     assert rows[0]["ema"] and not row["ema"] and row["fid"] != rows[0]["fid"]  # the same noise, the live weights
+    default = script("evaluate.py", "--ckpt", str(trained_run), "--classifier", str(classifier), "--sampler", "ddim:2",
+                     "--n_samples", "30", "--batch_size", "16", "--out", str(out))
+    assert default.returncode == 0, default.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["scale"] == 3.0  # the run's log_guidance_scale, the scale its image logs (and txt2img.py) sample at
     clf = script("evaluate.py", "--ckpt", str(classifier))
     assert clf.returncode == 0 and "| label |" in clf.stdout
