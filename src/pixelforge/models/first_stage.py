@@ -218,8 +218,8 @@ class FirstStageModel(L.LightningModule):
 
     def training_images(self, x: torch.Tensor) -> torch.Tensor:
         """The batch the autoencoder trains on: with ``train_crop``, a random crop of each image on the latent grid
-        during the first ``train_crop_epochs`` epochs (all with null). Convolutions learn the same local code from
-        crops at a fraction of the arithmetic; the whole-image epochs after them fit the rest."""
+        during the first ``train_crop_epochs`` epochs (all with null). Convolutions see the same local structure in
+        crops at a fraction of a step's arithmetic; the whole-image epochs after them fit the rest."""
         cropping = self.train_crop is not None and (self.train_crop_epochs is None
                                                      or self.current_epoch < self.train_crop_epochs)
         return random_crops(x, self.train_crop, self.downsample_factor) if cropping else x
