@@ -53,12 +53,9 @@ def random_crops(x: torch.Tensor, size: int, stride: int = 1, generator: torch.G
     if size > min(h, w) or size % stride:
         raise ValueError(f"crop size {size} must be at most the image side {min(h, w)} and a multiple of the "
                          f"stride {stride}")
-    top, left = ((torch.randint((n - size) // stride + 1, (b,), generator=generator) * stride).to(x.device)
+    top, left = ((torch.randint((n - size) // stride + 1, (b,), generator=generator) * stride).tolist()
                  for n in (h, w))
-    steps = torch.arange(size, device=x.device)
-    rows, cols = (top[:, None] + steps)[:, None, :, None], (left[:, None] + steps)[:, None, None, :]
-    return x[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[
-        None, :, None, None], rows, cols]
+    return torch.stack([image[:, i:i + size, j:j + size] for image, i, j in zip(x, top, left, strict=True)])
 
 
 class ViewAugment(nn.Module):
