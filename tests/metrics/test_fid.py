@@ -96,3 +96,13 @@ def test_a_whole_split_asks_every_seed_for_the_same_captions_once_each() -> None
     assert draws[0][1] != draws[1][1]  # in another order: each seed pairs them with other noise
     _, prompts = dataset_conditions(dataset, 2 * len(dataset) + 5, [], "caption", seed=0)
     assert sorted(prompts[:len(dataset)]) == captions and len(prompts) == 2 * len(dataset) + 5
+
+
+def test_drawing_shapes_conditions_renders_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The labels and captions of drawn shapes items are those of the rendered items, read without rendering."""
+    dataset = ShapesDataset("heldout", image_size=32, num_samples=40)
+    items = [dataset[i] for i in range(len(dataset))]
+    monkeypatch.setattr(ShapesDataset, "_render", lambda *_: pytest.fail("rendered an image to read its labels"))
+    labels, prompts = dataset_conditions(dataset, len(dataset), ["shape", "size"], "caption", seed=3)
+    order = [next(i for i, item in enumerate(items) if item["caption"] == p) for p in prompts]
+    assert labels.tolist() == [[items[i]["shape"], items[i]["size"]] for i in order]

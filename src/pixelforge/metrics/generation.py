@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +24,14 @@ def real_batches(dataset: Dataset, batch_size: int = 500) -> Iterable[torch.Tens
         yield batch["image"]
 
 
+def item_labels(dataset: Dataset, i: int) -> Mapping[str, Any]:
+    """Item ``i`` for its labels and caption: a shapes item's without rendering its image (``evaluate.py`` asks
+    for thousands), any other dataset's item as it comes."""
+    if isinstance(dataset, ShapesDataset):
+        return {**dataset.attributes(i), "caption": dataset.caption(i)}
+    return dataset[i]
+
+
 def dataset_conditions(dataset: Dataset, n: int, label_keys: list[str], prompt_key: str | None = None,
                        seed: int = 0) -> tuple[torch.Tensor | None, list[str] | None]:
     """Labels (``B`` for one key, ``B,K`` for several, None for none) and prompts of ``n`` items of ``dataset``, so
@@ -33,7 +42,7 @@ def dataset_conditions(dataset: Dataset, n: int, label_keys: list[str], prompt_k
     generator = torch.Generator().manual_seed(seed)
     rounds = -(-n // len(dataset))
     index = torch.cat([torch.randperm(len(dataset), generator=generator) for _ in range(rounds)])[:n].tolist()
-    items = [dataset[i] for i in index] if label_keys or prompt_key else []
+    items = [item_labels(dataset, i) for i in index] if label_keys or prompt_key else []
     prompts = [item[prompt_key] for item in items] if prompt_key else None
     if not label_keys:
         return None, prompts
