@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelforge.diffusion.losses import (
-    diffusion_loss,
-    min_snr_weight,
-    offset_noise,
-    timestep_buckets,
-    weighted_timesteps,
-)
+from pixelforge.diffusion.losses import diffusion_loss, min_snr_weight, offset_noise, timestep_buckets
 from pixelforge.diffusion.schedule import PREDICTION_TYPES, NoiseSchedule
 
 
@@ -57,23 +51,6 @@ def test_min_snr_weights_are_finite_at_zero_terminal_snr() -> None:
     schedule = NoiseSchedule("linear", zero_terminal_snr=True)
     snr = schedule.snr(torch.tensor([999]))
     assert [min_snr_weight(snr, 5.0, p).item() for p in PREDICTION_TYPES] == [1.0, 0.0, 0.0]
-
-
-def test_weighted_timesteps_follow_the_weight_and_keep_the_expected_loss() -> None:
-    """Drawn in proportion to min(SNR, 5)/(SNR + 1) and scaled by its mean, a per-timestep loss averages to the
-    uniformly drawn, weighted one; no draw lands where the weight is zero (v at the zero-SNR terminal step)."""
-    torch.manual_seed(0)
-    schedule = NoiseSchedule("scaled_linear", 1000, 0.00085, 0.012, zero_terminal_snr=True)
-    weight = min_snr_weight(schedule.snr(torch.arange(1000)), 5.0, "v")
-    t, mean_weight = weighted_timesteps(schedule, 200_000, 5.0, "v")
-    assert t.dtype == torch.long and t.shape == (200_000,) and int(t.max()) < 999
-    torch.testing.assert_close(mean_weight, weight.mean())
-    share = torch.bincount(t // 100, minlength=10).double() / len(t)
-    expected = weight.double().view(10, 100).sum(1) / weight.double().sum()
-    torch.testing.assert_close(share, expected, atol=3e-3, rtol=0)
-    per_step = torch.linspace(2.0, 0.1, 1000)                   # a loss that falls with t, as a model's does
-    estimate = (per_step[t] * mean_weight).mean()
-    torch.testing.assert_close(estimate, (per_step * weight).mean(), rtol=1e-2, atol=0)
 
 
 def test_offset_noise_adds_a_constant_per_channel() -> None:

@@ -45,24 +45,6 @@ def test_overfits_one_batch_and_ema_follows() -> None:
     assert torch.equal(next(model.unet.parameters()), live)
 
 
-def test_weighted_timestep_sampling_trains_where_the_weight_is() -> None:
-    """``timestep_sampling=weighted`` draws training timesteps by their min-SNR weight (eps: gamma/SNR, so few of
-    the nearly clean ones); validation still draws uniformly. Bad settings name what is valid."""
-    torch.manual_seed(0)
-    model = tiny_ddpm(min_snr_gamma=1.0, timestep_sampling="weighted")
-    batch = {"image": torch.rand(2000, 1, 8, 8) * 2 - 1}
-    weight = model.schedule.snr(torch.arange(100)).reciprocal().clamp(max=1.0)
-    with torch.no_grad():
-        _, t_train = model.train().loss(batch)
-        _, t_val = model.eval().loss(batch)
-    low = weight[:10].sum() / weight.sum()                   # expected share of t < 10 when drawn by weight
-    assert abs((t_train < 10).float().mean() - low) < 0.02 and abs((t_val < 10).float().mean() - 0.1) < 0.02
-    with pytest.raises(ValueError, match="set min_snr_gamma"):
-        tiny_ddpm(timestep_sampling="weighted")
-    with pytest.raises(ValueError, match="unknown timestep_sampling 'logit'; valid: uniform, weighted"):
-        tiny_ddpm(min_snr_gamma=5.0, timestep_sampling="logit")
-
-
 def test_pixel_diffusion_is_the_identity_first_stage_and_a_derived_unet() -> None:
     model = tiny_ddpm(num_classes=3)
     assert model.downsample_factor == 1 and model.channels == 1

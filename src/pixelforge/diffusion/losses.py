@@ -1,5 +1,4 @@
-"""Diffusion training losses: per-sample L2/L1 with optional min-SNR-gamma weighting, timesteps drawn in proportion
-to that weight, offset noise, t buckets."""
+"""Diffusion training losses: per-sample L2/L1 with optional min-SNR-gamma weighting, offset noise, t buckets."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from torch import Tensor
 from pixelforge.diffusion.schedule import NoiseSchedule, check_prediction_type
 
 LOSS_TYPES = ("l2", "l1")
-TIMESTEP_SAMPLING = ("uniform", "weighted")
 
 
 def min_snr_weight(snr: Tensor, gamma: float, prediction_type: str) -> Tensor:
@@ -23,17 +21,6 @@ def min_snr_weight(snr: Tensor, gamma: float, prediction_type: str) -> Tensor:
         return (gamma / snr).clamp(max=1.0)
     clipped = snr.clamp(max=gamma)
     return clipped / (snr + 1) if prediction_type == "v" else clipped
-
-
-def weighted_timesteps(
-    schedule: NoiseSchedule, n: int, gamma: float, prediction_type: str, device: torch.device | str | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``n`` timesteps drawn with probability proportional to their min-SNR-gamma weight, and the factor (the mean
-    weight over all timesteps) that makes their unweighted loss an unbiased estimate of the uniformly drawn,
-    weighted one: the same expected gradient, but no compute spent on steps the weight nearly zeroes."""
-    weight = min_snr_weight(schedule.snr(torch.arange(schedule.num_timesteps, device=device)), gamma,
-                            prediction_type)
-    return torch.multinomial(weight, n, replacement=True), weight.mean()
 
 
 def diffusion_loss(

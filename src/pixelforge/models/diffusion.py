@@ -12,13 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelforge.conditioning import Conditioner, masked_mean
-from pixelforge.diffusion.losses import (
-    TIMESTEP_SAMPLING,
-    diffusion_loss,
-    offset_noise,
-    timestep_buckets,
-    weighted_timesteps,
-)
+from pixelforge.diffusion.losses import diffusion_loss, offset_noise, timestep_buckets
 from pixelforge.diffusion.samplers import ClassifierFreeGuidance, build_sampler
 from pixelforge.diffusion.schedule import NoiseSchedule
 from pixelforge.models.first_stage import load_first_stage
@@ -71,16 +65,6 @@ class ImageInit:
     keep_mask: torch.Tensor | None = None
 
 
-def check_timestep_sampling(timestep_sampling: str, min_snr_gamma: float | None) -> str:
-    """``timestep_sampling`` if valid; ``weighted`` draws by the min-SNR weight, so it needs ``min_snr_gamma``."""
-    if timestep_sampling not in TIMESTEP_SAMPLING:
-        raise ValueError(f"unknown timestep_sampling {timestep_sampling!r}; valid: {', '.join(TIMESTEP_SAMPLING)}")
-    if timestep_sampling == "weighted" and min_snr_gamma is None:
-        raise ValueError("timestep_sampling=weighted draws timesteps by their min-SNR weight: set min_snr_gamma "
-                         "(e.g. 5.0), or use timestep_sampling=uniform")
-    return timestep_sampling
-
-
 class DiffusionModel(L.LightningModule):
     """Denoising diffusion on ``z = scale_factor · encode(x)`` of a frozen first stage; the U-Net predicts
     ``prediction_type`` (eps, x0 or v) under the conditioner's ``context`` / ``y`` / ``concat`` inputs.
@@ -97,9 +81,6 @@ class DiffusionModel(L.LightningModule):
     instead of the batch's captions (a fine-tune's validation prompts). The U-Net and trainable encoders train and are
     averaged (``ema``) together; validation and sampling use the average. ``clip_denoised`` keeps the samplers' x0
     estimates in [-1, 1] (pixel data); ``compile`` runs the trained U-Net through ``torch.compile``.
-    ``timestep_sampling``: ``uniform`` draws training timesteps uniformly and weighs their loss by min-SNR-gamma;
-    ``weighted`` draws them in proportion to that weight instead (the same expected loss and gradient, no steps spent
-    where the weight is nearly zero). Validation and test always draw uniformly, so their losses compare.
     """
 
     def __init__(
@@ -115,7 +96,6 @@ class DiffusionModel(L.LightningModule):
         prediction_type: str = "eps",
         loss_type: str = "l2",
         min_snr_gamma: float | None = None,
-        timestep_sampling: str = "uniform",
         offset_noise_strength: float = 0.0,
         scale_factor: float = 1.0,
         scale_by_std: bool = False,
@@ -144,7 +124,6 @@ class DiffusionModel(L.LightningModule):
         self.prediction_type = prediction_type
         self.loss_type = loss_type
         self.min_snr_gamma = min_snr_gamma
-        self.timestep_sampling = check_timestep_sampling(timestep_sampling, min_snr_gamma)
         self.offset_noise_strength = offset_noise_strength
         self.scale_by_std = scale_by_std
         self.sample_posterior = sample_posterior
@@ -365,12 +344,7 @@ class DiffusionModel(L.LightningModule):
         ``ucg_rate`` (training)."""
         unet, conditioner = self.networks(use_ema)
         x0 = self.batch_latents(batch)
-        weighted = self.training and self.timestep_sampling == "weighted"
-        if weighted:
-            t, mean_weight = weighted_timesteps(self.schedule, len(x0), self.min_snr_gamma, self.prediction_type,
-                                                x0.device)
-        else:
-            t = torch.randint(0, self.schedule.num_timesteps, (len(x0),), device=x0.device)
+        t = torch.randint(0, self.schedule.num_timesteps, (len(x0),), device=x0.device)
         if self.offset_noise_strength > 0:
             noise = offset_noise(x0.shape, self.offset_noise_strength, device=x0.device).to(x0.dtype)
         else:
@@ -379,9 +353,9 @@ class DiffusionModel(L.LightningModule):
         cond = self.unet_conditions(conditioner, conditioner.drop(raw) if drop else raw)
         pred = self.apply_unet(unet, self.schedule.q_sample(x0, t, noise), t, cond)
         target = self.schedule.target(x0, noise, t, self.prediction_type)
-        loss = diffusion_loss(pred, target, t, self.schedule, self.loss_type,
-                              None if weighted else self.min_snr_gamma, self.prediction_type)
-        return (loss * mean_weight if weighted else loss), t
+        loss = diffusion_loss(pred, target, t, self.schedule, self.loss_type, self.min_snr_gamma,
+                              self.prediction_type)
+        return loss, t
 
     def log_loss(self, loss: torch.Tensor, t: torch.Tensor, split: str) -> None:
         """Mean loss, and the loss per quartile of t so a user sees where the model struggles."""
