@@ -33,7 +33,7 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from pixelforge.inference.arguments import add_ema_argument, load_run_or_exit, unit_interval
+from pixelforge.inference.arguments import add_ema_argument, guidance_defaults, load_run_or_exit, unit_interval
 from pixelforge.metrics.clip import evaluate_clip
 from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples
@@ -86,9 +86,8 @@ def generative_rows(args: argparse.Namespace, model, dataset, key: str) -> list[
         raise SystemExit("evaluate.py: error: --classifier RUN is needed for FID on project features")
     extractor = build_feature_extractor(args.features, args.classifier).to(args.device)
     clip = load_clip(args.clip, args.device) if args.clip else None
-    rescales = args.guidance_rescale or [getattr(model, "log_guidance_rescale", 0.0)]
-    guided = getattr(getattr(model, "conditioner", None), "guided", False)
-    scales = args.scale or [model.log_guidance_scale if guided else 1.0]
+    scale, rescale = guidance_defaults(model)
+    scales, rescales = args.scale or [scale], args.guidance_rescale or [rescale]
     settings = itertools.product(args.sampler, scales, rescales) if isinstance(model, Diffuses) else [None]
     rows = []
     for setting in settings:

@@ -16,7 +16,13 @@ from tqdm import tqdm
 
 from pixelforge.diffusion.samplers import SAMPLERS
 from pixelforge.inference import SampleWriter, autocast, best_device
-from pixelforge.inference.arguments import add_run_arguments, device_of, load_run_or_exit, unit_interval
+from pixelforge.inference.arguments import (
+    add_run_arguments,
+    device_of,
+    guidance_defaults,
+    load_run_or_exit,
+    unit_interval,
+)
 from pixelforge.protocols import Diffuses, Generates, KeepsEMA
 
 
@@ -27,9 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp", help="diffusion sampler")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (diffusion)")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta (0: deterministic)")
-    parser.add_argument("--scale", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
-    parser.add_argument("--guidance_rescale", type=unit_interval, default=0.0,
-                        help="phi in [0, 1]: guided prediction's std pulled towards the conditional one's (Lin et al.)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="classifier-free guidance scale, 1: none (default: a guided model's log_guidance_scale, "
+                             "the scale its image logs and evaluate.py use; 1 for an unguided one)")
+    parser.add_argument("--guidance_rescale", type=unit_interval, default=None,
+                        help="phi in [0, 1]: guided prediction's std pulled towards the conditional one's (Lin et al.; "
+                             "default: the model's log_guidance_rescale)")
     parser.add_argument("--class_label", default=None,
                         help="class to generate (int), or key=value,... for several label keys; "
                              "omitted for a conditional model: one row per class")
@@ -76,11 +85,13 @@ def sampling_options(model, args: argparse.Namespace) -> dict:
     """The keyword arguments of ``model.sample`` that this run's family takes (diffusion options, EMA)."""
     options: dict = {}
     if isinstance(model, Diffuses):
-        options = {"sampler": args.sampler, "steps": args.steps, "scale": args.scale,
-                   "guidance_rescale": args.guidance_rescale}
+        scale, rescale = guidance_defaults(model)
+        options = {"sampler": args.sampler, "steps": args.steps,
+                   "scale": scale if args.scale is None else args.scale,
+                   "guidance_rescale": rescale if args.guidance_rescale is None else args.guidance_rescale}
         if args.eta is not None:
             options["eta"] = args.eta
-    elif args.scale != 1.0 or args.guidance_rescale:
+    elif args.scale not in (None, 1.0) or args.guidance_rescale:
         raise SystemExit(f"--scale {args.scale} / --guidance_rescale {args.guidance_rescale}: guidance applies to "
                          f"diffusion runs, not a {type(model).__name__}")
     if isinstance(model, KeepsEMA):

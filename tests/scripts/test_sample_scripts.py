@@ -38,6 +38,11 @@ def test_sample_script_writes_pngs_grid_and_record(trained_run: Path, tmp_path: 
     assert records[0]["guidance_rescale"] == 0.0
     one = script("sample.py", *args, "--class_label", "7", "--n_samples", "3")
     assert one.returncode == 0 and len(list((tmp_path / "samples").glob("*.png"))) == 23
+    default = script("sample.py", "--ckpt", str(trained_run), "--class_label", "7", "--n_samples", "1", "--steps",
+                     "2", "--outdir", str(tmp_path))
+    assert default.returncode == 0, default.stderr[-2000:]
+    last = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[-1])
+    assert (last["scale"], last["guidance_rescale"]) == (3.0, 0.0)  # the run's log_guidance_scale and rescale
 
 
 def test_sample_script_errors_are_clear(trained_run: Path, tmp_path: Path) -> None:
