@@ -33,7 +33,8 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from pixelforge.inference.arguments import add_ema_argument, guidance_defaults, load_run_or_exit, unit_interval
+from pixelforge.inference import guidance_defaults
+from pixelforge.inference.arguments import add_ema_argument, load_run_or_exit, unit_interval
 from pixelforge.metrics.clip import evaluate_clip
 from pixelforge.metrics.features import build_feature_extractor
 from pixelforge.metrics.generation import evaluate_samples

@@ -15,14 +15,8 @@ import torch
 from tqdm import tqdm
 
 from pixelforge.diffusion.samplers import SAMPLERS
-from pixelforge.inference import SampleWriter, autocast, best_device
-from pixelforge.inference.arguments import (
-    add_run_arguments,
-    device_of,
-    guidance_defaults,
-    load_run_or_exit,
-    unit_interval,
-)
+from pixelforge.inference import SampleWriter, autocast, best_device, guidance_defaults
+from pixelforge.inference.arguments import add_run_arguments, device_of, load_run_or_exit, unit_interval
 from pixelforge.protocols import Diffuses, Generates, KeepsEMA
 
 

@@ -4,6 +4,7 @@ folder, latent exploration. Functions raise InferenceError (or the loader's erro
 from pixelforge.inference.devices import autocast, best_device
 from pixelforge.inference.text_to_image import (
     InferenceError,
+    guidance_defaults,
     image_to_image,
     load_image,
     load_text_model,
@@ -15,5 +16,6 @@ from pixelforge.inference.text_to_image import (
 )
 from pixelforge.inference.writer import SampleWriter
 
-__all__ = ["InferenceError", "SampleWriter", "autocast", "best_device", "image_to_image", "load_image",
-           "load_text_model", "output_size", "read_prompts", "sample_batches", "sampler_options", "text_to_image"]
+__all__ = ["InferenceError", "SampleWriter", "autocast", "best_device", "guidance_defaults", "image_to_image",
+           "load_image", "load_text_model", "output_size", "read_prompts", "sample_batches", "sampler_options",
+           "text_to_image"]

@@ -58,15 +58,6 @@ def unit_interval(text: str) -> float:
     return value
 
 
-def guidance_defaults(model: Any) -> tuple[float, float]:
-    """(scale, rescale) that a script samples at where ``--scale`` / ``--guidance_rescale`` are left out: a guided
-    model's ``log_guidance_scale`` and ``log_guidance_rescale``, which its image logs and txt2img.py use; else
-    (1, 0)."""
-    if not getattr(getattr(model, "conditioner", None), "guided", False):
-        return 1.0, 0.0
-    return model.log_guidance_scale, model.log_guidance_rescale
-
-
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every sampling script takes: which run, seed, precision, EMA weights and device."""
     parser.add_argument("--ckpt", required=True, help="a run directory or a checkpoint inside one")

@@ -69,11 +69,19 @@ def load_text_model(ckpt: str | Path, config: str | Path | None = None, device: 
     return model.to(torch.device(device) if device else best_device())
 
 
+def guidance_defaults(model: Any) -> tuple[float, float]:
+    """(scale, rescale) that the scripts sample at where ``--scale`` / ``--guidance_rescale`` are left out: a guided
+    model's ``log_guidance_scale`` and ``log_guidance_rescale``, which its image logs use; else (1, 0)."""
+    if not getattr(getattr(model, "conditioner", None), "guided", False):
+        return 1.0, 0.0
+    return model.log_guidance_scale, model.log_guidance_rescale
+
+
 def default_options(model: DiffusionModel) -> dict[str, Any]:
     """The model's own sampling settings, which the scripts use for the flags a user leaves out: its image
     logger's step count, guidance scale and rescale (Stable Diffusion: CompVis's 50 steps at scale 7.5)."""
-    return {"steps": model.log_sampler.get("steps") or 20, "scale": model.log_guidance_scale,
-            "guidance_rescale": model.log_guidance_rescale}
+    scale, rescale = guidance_defaults(model)
+    return {"steps": model.log_sampler.get("steps") or 20, "scale": scale, "guidance_rescale": rescale}
 
 
 def output_size(model: DiffusionModel, height: int | None = None, width: int | None = None) -> tuple[int, int]:
