@@ -46,10 +46,12 @@ class Mirrored(Dataset):
         return {**item, "image": item["image"].flip(-1)}
 
 
-def latent_samples(dataset: Dataset, first_stage: torch.nn.Module, flip: bool, batch_size: int) -> Iterator[dict]:
-    """The shard samples of ``dataset`` with their latents (and the mirrored images' with ``flip``)."""
-    latents = encode_split(first_stage, dataset, batch_size)
-    mirrored = encode_split(first_stage, Mirrored(dataset), batch_size) if flip else None
+def latent_samples(dataset: Dataset, first_stage: torch.nn.Module, flip: bool, batch_size: int,
+                   device: torch.device) -> Iterator[dict]:
+    """The shard samples of ``dataset`` with their latents (and the mirrored images' with ``flip``), encoded on
+    ``device``."""
+    latents = encode_split(first_stage, dataset, batch_size, device)
+    mirrored = encode_split(first_stage, Mirrored(dataset), batch_size, device) if flip else None
     for index in range(len(dataset)):
         sample = {**shard_sample(index, dataset[index]), LATENT: npy_bytes(latents[index])}
         if mirrored is not None:
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     datamodule = instantiate(compose_config(*parse(overrides)).data)
     try:
         words = write_splits(datamodule, Path(args.out), args.splits.split(","), args.maxcount,
-                             lambda dataset: latent_samples(dataset, first_stage, args.flip, args.batch_size))
+                             lambda dataset: latent_samples(dataset, first_stage, args.flip, args.batch_size,
+                                                            torch.device(args.device)))
     except ValueError as error:
         print(f"cache_latents.py: error: --splits {args.splits}: {error}", file=sys.stderr)
         return 2

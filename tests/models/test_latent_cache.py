@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_latent_diffusion import tiny_ldm
 
-from pixelforge.callbacks.latent_cache import LatentCache
+from pixelforge.callbacks.latent_cache import LatentCache, encode_split
 from pixelforge.data import ImageDataModule
 from pixelforge.data.shapes import ShapesDataset
 from pixelforge.data.shards import ShardStream, shard_sample, write_shards
@@ -73,6 +73,20 @@ def test_items_carry_their_images_latents(tmp_path: Path) -> None:
     latents = torch.stack([train[i]["latent"] for i in (0, 7, 23)])
     torch.testing.assert_close(latents, model.first_stage.encode_latent(images))
     assert "latent" not in datamodule.build("val")[0]
+
+
+class Patches(torch.nn.Module):
+    """A first stage without parameters: 2x2 pixel patches folded into channels."""
+
+    def encode_latent(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        return torch.nn.functional.pixel_unshuffle(x, 2)
+
+
+def test_a_first_stage_without_parameters_is_encoded() -> None:
+    dataset = ShapesDataset("train", None, image_size=16, num_samples=6)
+    latents = encode_split(Patches(), dataset, 4, torch.device("cpu"), progress=False)
+    assert latents.shape == (6, 12, 8, 8)
+    torch.testing.assert_close(latents[5], torch.nn.functional.pixel_unshuffle(dataset[5]["image"], 2))
 
 
 @pytest.mark.parametrize(("transform", "named"), [({"flip": True}, "data.transform.flip=True"),

@@ -12,12 +12,12 @@ from pixelforge.models.diffusion import DiffusionModel
 
 
 @torch.no_grad()
-def encode_split(first_stage: torch.nn.Module, dataset: Dataset, batch_size: int,
+def encode_split(first_stage: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
                  progress: bool = True) -> torch.Tensor:
-    """The unscaled latents (posterior means) of every image of ``dataset``, in item order, in float32 on the CPU.
+    """The unscaled latents (posterior means) of every image of ``dataset``, encoded on ``device`` (where the first
+    stage is: named, since a first stage need not have parameters), in item order, in float32 on the CPU.
     The loader draws its seed from a generator of its own: the training's random stream is the same with a cache."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
-    device = next(first_stage.parameters()).device
     parts = [first_stage.encode_latent(batch["image"].to(device), sample=False).float().cpu()
              for batch in tqdm(loader, desc="caching latents", disable=not progress, leave=False)]
     return torch.cat(parts)
@@ -56,6 +56,7 @@ class LatentCache(L.Callback):
         if refusal is not None:
             raise ValueError(f"callbacks.latent_cache: {refusal} (or set callbacks.latent_cache=null)")
         dataset = datamodule.build("train")
-        first_stage = pl_module.first_stage.to(trainer.strategy.root_device)  # where the strategy will put it
-        latents = encode_split(first_stage, dataset, self.batch_size, progress=trainer.is_global_zero)
+        device = trainer.strategy.root_device  # where the strategy will put the model
+        latents = encode_split(pl_module.first_stage.to(device), dataset, self.batch_size, device,
+                               progress=trainer.is_global_zero)
         datamodule.attach("train", "latent", latents)
