@@ -8,6 +8,7 @@ denoising-diffusion-pytorch.
     python scripts/benchmark.py --cases latents,sd_latents          # training from cached latents vs encoding
     python scripts/benchmark.py --cases quality -l logs             # time to quality: trains the recipe (minutes)
     python scripts/benchmark.py --experiment ldm_shapes_clip --experiment ldm_shapes_txt2img
+    python scripts/benchmark.py --cases text model.unet.model_channels=64 model.unet.num_groups=32  # a variant
 
 The text, utilisation, sampling and data cases time the model each --experiment recipe builds, as training builds it
 (a first stage it would train first is built untrained), on a batch of its datamodule: the model's own training step
@@ -18,7 +19,9 @@ against training wall time (callbacks.quality_curve: <run>/quality_curve.json an
 same model around diffusers' UNet2DConditionModel built to the same architecture. Times are medians over timed
 iterations after warm-up; ours and the peer alternate iteration by iteration, so load from other processes on the
 machine falls on both alike. Peers come from the ``bench`` extra (pip install -e ".[bench]"); without them (or with
---no-peers) pixelforge is measured alone. Sizes live in pixelforge/benchmark/settings.py.
+--no-peers) pixelforge is measured alone. Sizes live in pixelforge/benchmark/settings.py. Hydra overrides after the
+options are laid over every --experiment recipe, as main.py would take them (not over the uncond and sd cases, which
+build models of their own).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import sys
 from pathlib import Path
 
 import torch
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 from pixelforge.benchmark.cases import CASES, DEFAULT_CASES, run
 from pixelforge.benchmark.peers import PEERS, import_peers
 from pixelforge.benchmark.report import table
 from pixelforge.benchmark.settings import settings
-from pixelforge.cli import experiments
+from pixelforge.cli import compose_config, experiments, parse
 
 DEFAULT_EXPERIMENT = "ldm_shapes_clip"
 
@@ -58,7 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experiment", action="append", metavar="NAME",
                         help=f"a recipe under configs/experiment/ for the text, utilisation, sampling and data cases; "
                              f"repeatable (default: {DEFAULT_EXPERIMENT})")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="Hydra overrides for every --experiment recipe (e.g. model.unet.model_channels=64)")
     args = parser.parse_args(argv)
+    malformed = [override for override in args.overrides if "=" not in override]
+    if malformed:
+        parser.error(f"overrides must be KEY=VALUE, got {malformed}")
     args.cases = list(CASES) if args.cases == "all" else [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
@@ -67,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.experiment) - set(experiments()))
     if unknown:
         parser.error(f"unknown experiments {unknown}; valid: {', '.join(experiments())}")
+    for experiment in args.experiment:  # a bad override fails here, not after minutes of timing
+        try:
+            compose_config(*parse([f"experiment={experiment}", *args.overrides]))
+        except (HydraException, OmegaConfBaseException, ValueError) as error:
+            parser.error(f"--experiment {experiment} with {' '.join(args.overrides)}: {error}")
     return args
 
 
@@ -80,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
           f"peers: {', '.join(peers) or 'none'}"
           + (f" -- measuring pixelforge alone for {', '.join(missing)} (pip install -e '.[bench]')" if missing
              else ""), flush=True)
+    cfg = settings(args.quick)
+    cfg["recipe"]["overrides"] += args.overrides  # after --quick's sizes, so the user's word is last
     try:
-        records = run(args.cases, args.experiment, settings(args.quick), peers, device, args.compile, args.precision,
+        records = run(args.cases, args.experiment, cfg, peers, device, args.compile, args.precision,
                       str(args.logdir))
     except (ValueError, RuntimeError) as error:
         print(f"benchmark.py: error: {error}", file=sys.stderr)

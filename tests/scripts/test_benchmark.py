@@ -42,9 +42,9 @@ def untrained_stages(logdir: Path) -> list[str]:
             for path, node in stages.items()]
 
 
-def training_unet(tmp_path: Path) -> torch.nn.Module:
+def training_unet(tmp_path: Path, *overrides: str) -> torch.nn.Module:
     """The U-Net of the recipe's model as ``train.run`` builds it, on runs of the first stage and CLIP it names."""
-    cfg = compose_config(*parse([f"experiment={RECIPE}", *untrained_stages(tmp_path / "stages")]))
+    cfg = compose_config(*parse([f"experiment={RECIPE}", *untrained_stages(tmp_path / "stages"), *overrides]))
     return build_model(cfg, L.Trainer(accelerator="cpu", devices=1, logger=False)).unet
 
 
@@ -89,6 +89,24 @@ def test_bf16_steps_run_under_autocast(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     (uncond,) = json.loads(out.read_text())
     assert uncond["case"] == "uncond_train" and uncond["precision"] == "bf16" and uncond["ours_ms"] > 0
+
+
+def test_overrides_change_the_timed_recipe(tmp_path: Path) -> None:
+    out, narrow = tmp_path / "bench.json", ("model.unet.model_channels=32", "model.unet.num_groups=8")
+    result = script("benchmark.py", "--quick", "--no-peers", "--device", "cpu", "--cases", "text", "--precision",
+                    "fp32", "--out", str(out), *narrow)
+    assert result.returncode == 0, result.stderr
+    text = next(r for r in json.loads(out.read_text()) if r["case"] == "text_train")
+    unet = training_unet(tmp_path, *narrow)
+    assert text["ours_params"] == sum(p.numel() for p in unet.parameters()) < sum(
+        p.numel() for p in training_unet(tmp_path / "default").parameters())
+
+
+def test_malformed_and_unknown_overrides_are_refused() -> None:
+    result = script("benchmark.py", "--cases", "text", "model.unet.model_channels")
+    assert result.returncode == 2 and "KEY=VALUE" in result.stderr and "model.unet.model_channels" in result.stderr
+    result = script("benchmark.py", "--quick", "--no-peers", "--device", "cpu", "--cases", "text", "model.no_such=1")
+    assert result.returncode == 2 and "no_such" in result.stderr, result.stderr
 
 
 def test_unknown_experiment_is_refused() -> None:
