@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         try:
             compose_config(*parse([f"experiment={experiment}", *args.overrides]))
         except (HydraException, OmegaConfBaseException, ValueError) as error:
-            parser.error(f"--experiment {experiment} with {' '.join(args.overrides)}: {error}")
+            parser.error(f"--experiment {experiment}{' with ' + ' '.join(args.overrides) if args.overrides else ''}: "
+                         f"{error}")
     return args
 
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f" -- measuring pixelforge alone for {', '.join(missing)} (pip install -e '.[bench]')" if missing
              else ""), flush=True)
     cfg = settings(args.quick)
-    cfg["recipe"]["overrides"] += args.overrides  # after --quick's sizes, so the user's word is last
+    cfg["recipe"]["overrides"] += args.overrides  # after --quick's sizes, so the user's word wins over them
     try:
         records = run(args.cases, args.experiment, cfg, peers, device, args.compile, args.precision,
                       str(args.logdir))
